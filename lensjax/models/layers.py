@@ -1,0 +1,46 @@
+"""Layers shared by the networks. All tensors are NHWC: (batch, height, width, channels)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def upsample_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """Resizes (B, h, w, C) to (B, *size, C) with half-pixel bilinear interpolation.
+
+  This is PyTorch's `F.interpolate(..., mode='bilinear', align_corners=False)` and Keras's
+  `UpSampling2D(interpolation='bilinear')` when upsampling, to an exact size (63 -> 125 included).
+  """
+  if x.shape[1:3] == tuple(size):
+    return x
+  return jax.image.resize(x, (x.shape[0], *size, x.shape[3]), method="bilinear", antialias=False)
+
+
+def max_pool_ceil(x: jax.Array) -> jax.Array:
+  """2x2 max pooling with stride 2 and ceil mode: (B, h, w, C) -> (B, ceil(h/2), ceil(w/2), C).
+
+  PyTorch's `MaxPool2d(2, 2, ceil_mode=True)`: an odd edge is padded with -inf on the high side.
+  """
+  pad_h, pad_w = x.shape[1] % 2, x.shape[2] % 2
+  return jax.lax.reduce_window(
+      x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+      ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+
+
+class PointwiseConv(nnx.Module):
+  """A 1x1 convolution written as a matmul over channels.
+
+  XLA on CPU runs `nnx.Conv` with a 1x1 kernel 4-9x slower than the same matmul (reference/jax-stack.md
+  A.6). The kernel is stored as (in, out): a (1, 1, in, out) conv kernel reshaped.
+  """
+
+  def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
+               kernel_init=nnx.initializers.lecun_normal(), bias_init=nnx.initializers.zeros_init(),
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    self.linear = nnx.Linear(in_features, out_features, use_bias=use_bias, kernel_init=kernel_init,
+                             bias_init=bias_init, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.linear(x)
