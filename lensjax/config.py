@@ -213,14 +213,15 @@ def find_config_file(name: str) -> pathlib.Path:
 
 
 def load_module_config(name: str) -> Any:
-  """Runs `get_config()` of the config file `name` (see `find_config_file`)."""
+  """Runs `get_config()` of config file `name`, or `get_config(arg)` for `name:arg` (e.g. 'isnet_sim:arcs')."""
+  name, _, arg = name.partition(":")
   path = find_config_file(name)
   spec = importlib.util.spec_from_file_location(f"lensjax_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} has no get_config() function")
-  return module.get_config()
+  return module.get_config(arg) if arg else module.get_config()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -284,7 +285,13 @@ class TrainConfig:
   seed: int = 0
   log_every: int = 50
   eval_every: int = 250
+  eval_batch_size: int = 32        # global batch for evaluation
   fsdp: bool = False               # shard parameters and optimizer state over the `data` axis
+  target_weights: tuple[float, ...] = ()   # per-target loss weights (empty: equal)
+  msrf_output_weights: tuple[float, ...] = (2.0, 1.0, 1.0, 1.0)   # MSRF-Net: x, edge_out, pred2, pred4
+  feature_sync: bool = False       # IS-Net: DIS intermediate supervision with a ground-truth encoder
+  gt_encoder_steps: int = 500      # stage 1: steps training the ground-truth encoder on the masks
+  feature_sync_weight: float = 1.0 # weight of the feature-synchronisation MSE in stage 2
 
 
 @dataclasses.dataclass

@@ -1,0 +1,136 @@
+"""Segmentation metrics from confusion counts, summed exactly over batches, devices and processes.
+
+`batch_sums` turns one batch of logits and masks into additive sums per target (pixel confusion counts, absolute
+errors, probability histograms, the original's per-image IoU). Inside `jax.jit` on a batch sharded over devices the
+sums are global (XLA reduces across devices and processes). `accumulate` adds them on the host in float64/int64,
+and `summarize` turns the totals into ratios once, so every metric is over all pixels of the whole split rather
+than a mean of per-batch ratios.
+
+Definitions, per target (prediction = sigmoid(logit) >= 0.5, truth = mask >= 0.5):
+  dice = 2TP / (2TP + FP + FN)            iou = TP / (TP + FP + FN)
+  miou = (iou + TN / (TN + FN + FP)) / 2  (mean over foreground and background)
+  precision = TP / (TP + FP)              recall = TP / (TP + FN)
+  mae = mean |sigmoid(logit) - mask|      maxf = max over 256 thresholds of 1.3·P·R / (0.3·P + R)
+A ratio 0/0 (nothing predicted and nothing to find) counts as 1.
+`orig_miou` is the original project's "mIOU" (reference/isnet.md §5): per image, min-max normalise the
+probabilities, threshold at 0.5, IoU with 1e-15 smoothing (empty vs empty = 1), mean over images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NUM_BINS = 256          # probability histogram bins for max-F
+F_BETA_SQUARED = 0.3    # the DIS/U²-Net convention
+
+
+def batch_sums(logits: jax.Array, mask: jax.Array, valid: jax.Array | None = None) -> dict[str, jax.Array]:
+  """Additive sums for one batch.
+
+  Args:
+    logits: (B, H, W, K) prediction logits.
+    mask: (B, H, W, K) targets in [0, 1].
+    valid: (B,) 1 for real examples and 0 for padding rows (None: all real).
+  Returns:
+    dict of arrays: `tp`, `fp`, `fn`, `tn`, `abs_error`, `pixels`, `orig_iou` (K,); `pos_hist`, `neg_hist` (K, 256);
+    `images` () the number of valid images.
+  """
+  logits = logits.astype(jnp.float32)
+  batch, height, width, num_targets = logits.shape
+  weight = jnp.ones((batch,), jnp.float32) if valid is None else valid.astype(jnp.float32)
+  pixel_weight = weight[:, None, None, None]
+  probs = jax.nn.sigmoid(logits)
+  pred = (logits >= 0).astype(jnp.float32)
+  truth = (mask >= 0.5).astype(jnp.float32)
+
+  def count(x):
+    return jnp.sum(x * pixel_weight, axis=(0, 1, 2))
+
+  bins = jnp.clip(jnp.floor(probs * NUM_BINS), 0, NUM_BINS - 1).astype(jnp.int32)
+
+  def histogram(selected):   # (B, H, W, K) weights -> (K, NUM_BINS)
+    per_target = lambda b, w: jnp.bincount(b.ravel(), weights=w.ravel(), length=NUM_BINS)
+    return jax.vmap(per_target, in_axes=(3, 3))(bins, selected * pixel_weight)
+
+  # The original per-image mIoU: min-max normalised probabilities; a constant map normalises to NaN -> empty.
+  lo = jnp.min(probs, axis=(1, 2), keepdims=True)
+  hi = jnp.max(probs, axis=(1, 2), keepdims=True)
+  normalised = (probs - lo) / (hi - lo)
+  orig_pred = (normalised >= 0.5).astype(jnp.float32)
+  inter = jnp.sum(orig_pred * truth, axis=(1, 2))
+  union = jnp.sum(orig_pred, axis=(1, 2)) + jnp.sum(truth, axis=(1, 2)) - inter
+  orig_iou = (inter + 1e-15) / (union + 1e-15)             # (B, K)
+
+  return {
+      "tp": count(pred * truth),
+      "fp": count(pred * (1 - truth)),
+      "fn": count((1 - pred) * truth),
+      "tn": count((1 - pred) * (1 - truth)),
+      "abs_error": count(jnp.abs(probs - mask.astype(jnp.float32))),
+      "pixels": jnp.sum(weight) * height * width * jnp.ones((num_targets,), jnp.float32),
+      "pos_hist": histogram(truth),
+      "neg_hist": histogram(1 - truth),
+      "orig_iou": jnp.sum(orig_iou * weight[:, None], axis=0),
+      "images": jnp.sum(weight),
+  }
+
+
+def per_image_iou(logits: jax.Array, mask: jax.Array) -> jax.Array:
+  """IoU of each image and target at the 0.5 threshold, (B, H, W, K) -> (B, K); empty vs empty = 1."""
+  pred = logits >= 0
+  truth = mask >= 0.5
+  inter = jnp.sum(pred & truth, axis=(1, 2))
+  union = jnp.sum(pred | truth, axis=(1, 2))
+  return jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)
+
+
+def accumulate(totals: dict[str, np.ndarray] | None, sums: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
+  """Adds one batch's `sums` (device arrays) into host `totals` in float64."""
+  host = {k: np.asarray(jax.device_get(v), np.float64) for k, v in sums.items()}
+  if totals is None:
+    return host
+  return {k: totals[k] + host[k] for k in totals}
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+  return np.where(den > 0, num / np.where(den > 0, den, 1), 1.0)
+
+
+def summarize(totals: Mapping[str, np.ndarray], targets: Sequence[str]) -> dict[str, float]:
+  """Metric values from accumulated totals: `'{metric}/{target}'` for each target and `'{metric}/mean'`."""
+  tp, fp, fn, tn = (np.asarray(totals[k]) for k in ("tp", "fp", "fn", "tn"))
+  iou = _ratio(tp, tp + fp + fn)
+  per_metric = {
+      "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+      "iou": iou,
+      "miou": 0.5 * (iou + _ratio(tn, tn + fn + fp)),
+      "precision": _ratio(tp, tp + fp),
+      "recall": _ratio(tp, tp + fn),
+      "mae": _ratio(np.asarray(totals["abs_error"]), np.asarray(totals["pixels"])),
+      "maxf": max_f(totals["pos_hist"], totals["neg_hist"]),
+      "orig_miou": _ratio(np.asarray(totals["orig_iou"]), np.full_like(tp, float(totals["images"]))),
+  }
+  if len(targets) != tp.shape[0]:
+    raise ValueError(f"{len(targets)} target names for {tp.shape[0]} targets")
+  summary = {}
+  for name, values in per_metric.items():
+    for target, value in zip(targets, values):
+      summary[f"{name}/{target}"] = float(value)
+    summary[f"{name}/mean"] = float(np.mean(values))
+  return summary
+
+
+def max_f(pos_hist: np.ndarray, neg_hist: np.ndarray) -> np.ndarray:
+  """Max over thresholds of F_beta (beta² = 0.3) from (K, NUM_BINS) histograms of positive/negative pixels."""
+  tp = np.cumsum(pos_hist[:, ::-1], axis=1)     # predicted positive: probability bin >= threshold bin
+  fp = np.cumsum(neg_hist[:, ::-1], axis=1)
+  positives = np.sum(pos_hist, axis=1, keepdims=True)
+  precision = _ratio(tp, tp + fp)
+  recall = _ratio(tp, np.broadcast_to(positives, tp.shape))
+  den = F_BETA_SQUARED * precision + recall
+  f = np.where(den > 0, (1 + F_BETA_SQUARED) * precision * recall / np.where(den > 0, den, 1), 0.0)
+  return np.max(f, axis=1)

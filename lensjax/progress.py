@@ -1,0 +1,54 @@
+"""Progress display for long work: a live bar on a terminal, plain log lines otherwise (CI, files, Slurm)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich import progress as rich_progress
+from rich.console import Console
+
+MAIN_OUTPUT_LOSSES = ("loss/d1", "loss/x")   # the term that says whether the model learns (IS-Net, MSRF-Net)
+
+
+def _fmt(values: dict[str, float], keys: Sequence[str]) -> str:
+  return "  ".join(f"{k} {values[k]:.4g}" for k in keys if k in values)
+
+
+class TrainingProgress:
+  """Steps done, loss, main-output loss, images/s and ETA; validation results printed above the bar."""
+
+  def __init__(self, total_steps: int, enabled: bool = True, start_step: int = 0):
+    self.enabled = enabled
+    self.console = Console(stderr=True)
+    self.live = enabled and self.console.is_terminal
+    self.total_steps = total_steps
+    self._progress = rich_progress.Progress(
+        rich_progress.TextColumn("[bold]train"), rich_progress.BarColumn(),
+        rich_progress.MofNCompleteColumn(), rich_progress.TextColumn("{task.fields[status]}"),
+        rich_progress.TimeRemainingColumn(), console=self.console, disable=not self.live)
+    self._task = self._progress.add_task("train", total=total_steps, completed=start_step, status="")
+
+  def __enter__(self):
+    self._progress.__enter__()
+    return self
+
+  def __exit__(self, *exc):
+    return self._progress.__exit__(*exc)
+
+  def update(self, step: int, values: dict[str, float]) -> None:
+    """Advances to `step` and shows the training `values` (loss, main-output loss, images/s)."""
+    if not self.enabled:
+      return
+    main_loss = next((k for k in MAIN_OUTPUT_LOSSES if k in values), None)
+    status = _fmt(values, ["loss"] + ([main_loss] if main_loss else []) + ["images_per_sec"])
+    if self.live:
+      self._progress.update(self._task, completed=step, status=status.replace("images_per_sec", "img/s"))
+    else:
+      self.console.print(f"step {step}/{self.total_steps}  {status}", highlight=False)
+
+  def report(self, step: int, values: dict[str, float], targets: Sequence[str], split: str = "val") -> None:
+    """Prints one line of evaluation results: IoU and Dice per target, and the loss."""
+    if not self.enabled:
+      return
+    keys = [f"{m}/{t}" for t in targets for m in ("iou", "dice")] + ["loss"]
+    self.console.print(f"step {step}  {split}: {_fmt(values, keys)}", highlight=False)

@@ -1,0 +1,152 @@
+"""The jitted training and evaluation steps: pure functions of (state, batch) compiled with explicit shardings.
+
+The model and optimizer live as one NNX state pytree (`nnx.split((model, optimizer))`); a step merges it inside
+the jitted function, runs the network, the loss of its family (`lensjax.losses`) and the optax update, and returns
+the new state with donated input buffers. Networks follow the convention of `lensjax.models`: `input_keys` names
+the batch entries they take, `prediction(outputs)` picks the final logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+from flax import nnx
+
+from lensjax import config as cfg
+from lensjax import losses, metrics, parallel
+
+LossFn = Callable[[Any, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def learning_rate_schedule(optim: cfg.OptimConfig, num_steps: int) -> optax.Schedule:
+  """Constant, or linear warm-up then cosine decay to 0 at `num_steps`."""
+  if optim.schedule == "constant":
+    return optax.constant_schedule(optim.learning_rate)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=optim.learning_rate, warmup_steps=optim.warmup_steps,
+      decay_steps=max(num_steps, optim.warmup_steps + 1), end_value=0.0)
+
+
+def make_optimizer(optim: cfg.OptimConfig, num_steps: int) -> optax.GradientTransformation:
+  """The optax transformation named by the config, with optional global-norm clipping."""
+  lr = learning_rate_schedule(optim, num_steps)
+  if optim.name == "adam":
+    tx = optax.adam(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+  elif optim.name == "adamw":
+    tx = optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
+  elif optim.name == "rmsprop":   # Keras RMSprop: eps inside the sqrt, zero initial scale (reference/msrfnet.md §3)
+    tx = optax.rmsprop(lr, decay=optim.decay, eps=optim.eps, momentum=optim.momentum or None)
+  else:
+    tx = optax.sgd(lr, momentum=optim.momentum or None)
+  if optim.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), tx)
+  return tx
+
+
+def make_loss_fn(config: cfg.Config, name: str | None = None) -> LossFn:
+  """(outputs, batch) -> (loss, terms) for network `name` (default: the config's model).
+
+  IS-Net and its ground-truth encoder: deep supervision over the side outputs; MSRF-Net: its four-output loss
+  against the masks and the masks' Canny edges (`batch['mask_edge']`).
+  """
+  name = name or config.model.name
+  weights = config.train.target_weights or None
+  if name in ("isnet", "isnet_gt_encoder"):
+    def isnet(outputs, batch):
+      side_logits, _ = outputs
+      return losses.isnet_loss(side_logits, batch["mask"], weights)
+    return isnet
+  if name == "msrfnet":
+    def msrfnet(outputs, batch):
+      return losses.msrfnet_loss(outputs, batch["mask"], batch["mask_edge"], weights,
+                                 config.train.msrf_output_weights)
+    return msrfnet
+  raise ValueError(f"no loss for model '{name}'")
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenEncoder:
+  """A trained ground-truth encoder whose features are the feature-synchronisation targets (IS-Net stage 2)."""
+  graphdef: Any
+  state: Any
+  weight: float = 1.0
+
+
+def _call(model, batch, rngs=None):
+  return model(*(batch[k] for k in model.input_keys), rngs=rngs)
+
+
+def _encoder_features(frozen: FrozenEncoder, state, batch):
+  encoder = nnx.merge(frozen.graphdef, state)
+  encoder.eval()     # running statistics: the targets depend on each mask alone, not on the batch
+  _, features = encoder(batch["mask"])
+  return features
+
+
+def train_step_fn(graphdef, loss_fn: LossFn, frozen: FrozenEncoder | None = None):
+  """The pure step (state, frozen_state, batch, rng) -> (state, metrics) before jit."""
+
+  def step(state, frozen_state, batch, rng):
+    model, optimizer = nnx.merge(graphdef, state)
+
+    def objective(model):
+      outputs = _call(model, batch, nnx.Rngs(dropout=rng))
+      loss, terms = loss_fn(outputs, batch)
+      if frozen is not None:
+        sync = losses.feature_sync_loss(outputs[1], _encoder_features(frozen, frozen_state, batch))
+        terms = dict(terms, **{"loss/feature_sync": sync})
+        loss = loss + frozen.weight * sync
+      return loss, (terms, model.prediction(outputs))
+
+    (loss, (terms, logits)), grads = nnx.value_and_grad(objective, has_aux=True)(model)
+    optimizer.update(model, grads)
+    step_metrics = {"loss": loss, **terms, "grad_norm": optax.global_norm(grads),
+                    "sums": metrics.batch_sums(logits, batch["mask"])}
+    return nnx.state((model, optimizer)), step_metrics
+
+  return step
+
+
+def eval_step_fn(graphdef, loss_fn: LossFn):
+  """The pure evaluation step (state, batch) -> metrics, with BatchNorm on running statistics."""
+
+  def step(state, batch):
+    model, _ = nnx.merge(graphdef, state)
+    model.eval()
+    outputs = _call(model, batch)
+    loss, terms = loss_fn(outputs, batch)
+    logits = model.prediction(outputs)
+    return {"loss": loss, **terms, "sums": metrics.batch_sums(logits, batch["mask"], batch.get("valid"))}
+
+  return step
+
+
+def compile_train_step(graphdef, loss_fn: LossFn, mesh, state_sharding, frozen: FrozenEncoder | None = None):
+  """`train_step_fn` under `jax.jit`: batch split on `data`, state as `state_sharding`, state donated."""
+  repl = parallel.replicated(mesh)
+  frozen_sharding = None if frozen is None else jax.tree.map(lambda _: repl, frozen.state)
+  return jax.jit(train_step_fn(graphdef, loss_fn, frozen),
+                 in_shardings=(state_sharding, frozen_sharding, parallel.batch_sharding(mesh), repl),
+                 out_shardings=(state_sharding, repl), donate_argnums=0)
+
+
+def compile_eval_step(graphdef, loss_fn: LossFn, mesh, state_sharding):
+  return jax.jit(eval_step_fn(graphdef, loss_fn),
+                 in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
+                 out_shardings=parallel.replicated(mesh))
+
+
+def place_state(state, mesh, fsdp: bool):
+  """Puts a host/device state pytree onto the mesh; returns (state, its shardings)."""
+  shardings = parallel.state_shardings(state, mesh, fsdp)
+  return jax.device_put(state, shardings), shardings
+
+
+def host_scalars(step_metrics: dict[str, jax.Array]) -> dict[str, float]:
+  """The scalar entries of a step's metrics (losses, gradient norm) as Python floats."""
+  scalars = {k: v for k, v in step_metrics.items() if k != "sums"}
+  return {k: float(v) for k, v in jax.device_get(scalars).items()}

@@ -1,0 +1,70 @@
+"""Runs three training steps of a tiny IS-Net on fixed batches and saves losses and parameters.
+
+Used by tests/test_train_parallel.py as a real subprocess, so that the device count (JAX_NUM_CPU_DEVICES) and the
+process count (jax.distributed over localhost) can differ between runs of the same computation:
+
+  JAX_NUM_CPU_DEVICES=4 python tests/parallel_steps.py OUT.npz [--model isnet] [--coordinator-address HOST:PORT
+      --num-processes 2 --process-id 0]
+"""
+
+import argparse
+import sys
+
+import numpy as np
+
+from lensjax import parallel
+
+GLOBAL_BATCH, SIZE, STEPS = 8, 32, 3
+
+
+def main(argv):
+  parser = argparse.ArgumentParser()
+  parser.add_argument("out")
+  parser.add_argument("--model", default="isnet")
+  parser.add_argument("--coordinator-address")
+  parser.add_argument("--num-processes", type=int)
+  parser.add_argument("--process-id", type=int)
+  args = parser.parse_args(argv)
+  parallel.initialize(parallel.options_from_env(coordinator_address=args.coordinator_address,
+                                                num_processes=args.num_processes, process_id=args.process_id,
+                                                initialization_timeout=60, heartbeat_timeout=30))
+  import jax
+  from flax import nnx
+  from lensjax import config as cfg, train, train_step
+  from lensjax.data import canny_edges
+
+  config = cfg.load_module_config("default")
+  config.model.name = args.model
+  config.model.width = 0.0625
+  config.model.depth = 3
+  config.train.batch_size = GLOBAL_BATCH
+  mesh = parallel.make_mesh()
+  model, optimizer = train.build_model_and_optimizer(config, seed=0)
+  graphdef, state = nnx.split((model, optimizer))
+  state, shardings = train_step.place_state(state, mesh, fsdp=False)
+  step_fn = train_step.compile_train_step(graphdef, train_step.make_loss_fn(config), mesh, shardings)
+
+  rng = np.random.default_rng(0)
+  per_process = GLOBAL_BATCH // jax.process_count()
+  lo = jax.process_index() * per_process
+  losses = []
+  for step in range(STEPS):
+    image = rng.normal(size=(GLOBAL_BATCH, SIZE, SIZE, 1)).astype(np.float32)
+    mask = (rng.random((GLOBAL_BATCH, SIZE, SIZE, 2)) < 0.2).astype(np.float32)
+    batch = {"image": image, "mask": mask}
+    if args.model == "msrfnet":
+      batch["edge"] = canny_edges(image)
+      batch["mask_edge"] = canny_edges(mask)
+    local = {k: v[lo:lo + per_process] for k, v in batch.items()}
+    state, metrics = step_fn(state, None, parallel.global_batch(local, mesh), jax.random.key(step))
+    losses.append(float(metrics["loss"]))
+  params = nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)
+  leaves = [np.asarray(jax.experimental.multihost_utils.process_allgather(x, tiled=True))
+            for x in jax.tree.leaves(params)]
+  if jax.process_index() == 0:
+    np.savez(args.out, losses=np.array(losses), *leaves)
+  print(f"process {jax.process_index()}/{jax.process_count()} devices {jax.device_count()} losses {losses}")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
