@@ -175,8 +175,8 @@ class DSDFBlock(nnx.Module):
     growth = max(1, high_features // 2)
     y1_features = low_features if y1 == "keras" else growth
     self.y1_conv = _conv(low_features, growth, dtype=dtype, rngs=rngs) if y1 == "designed" else None
-    # Step k = 1..4 convolves the stream's dense features so far (its input and k - 1 grown maps, or the
-    # input and y1 for y) with the other stream's crossed map; the last step maps back to the input width.
+    # x_k (k = 2..5) sees x, x1..x_{k-1} and the crossed map: Cx + k * growth channels; y_k sees y, y1..y_{k-1}
+    # and the crossed map: Cy + C(y1) + (k - 1) * growth. x5 and y5 map back to the input widths.
     self.x_convs = nnx.List(
         [_conv(high_features, growth, dtype=dtype, rngs=rngs)]                                   # x1
         + [_conv(high_features + k * growth, growth, dtype=dtype, rngs=rngs) for k in (2, 3, 4)]  # x2..x4
