@@ -115,21 +115,38 @@ def summarize(name: str, *, in_channels: int, out_channels: int, width: float = 
   return summary
 
 
+def _decimal(value: float, unit: str) -> str:
+  """`value` with an SI prefix: 4.392e9 FLOP -> '4.392 GFLOP'."""
+  for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+    if abs(value) >= scale:
+      return f"{value / scale:.4g} {prefix}{unit}"
+  return f"{value:.4g} {unit}"
+
+
+def _binary(size: float) -> str:
+  """A byte count with a binary prefix: 20656128 -> '19.7 MiB'."""
+  for scale, prefix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+    if size >= scale:
+      return f"{size / scale:.4g} {prefix}"
+  return f"{size:.4g} B"
+
+
 def format_summary(name: str, options: dict, summary: dict[str, float]) -> str:
+  """The table `python -m lensjax.models` prints for `summary` (from `summarize`) and its `options`."""
   settings = " ".join(f"{key}={value}" for key, value in options.items())
   lines = [f"{name}  {settings}",
            f"parameters: {summary['parameters']:,} trainable + {summary['batch_norm_statistics']:,} "
-           f"BatchNorm statistics ({4 * summary['parameters'] / 1e6:.1f} MB in float32)"]
+           f"BatchNorm statistics ({_decimal(4 * summary['parameters'], 'B')} in float32)"]
   if "forward_flops" in summary:
     lines += [
         f"per image at {options['size']} x {options['size']}, batch {options['batch']}, backend "
         f"{jax.default_backend()}:",
-        f"{'':26}{'forward (eval)':>16}{'train step':>16}",
-        f"{'FLOPs':26}{summary['forward_flops'] / 1e9:>14.4g} G{summary['train_flops'] / 1e9:>14.4g} G",
-        f"{'activation memory':26}{summary['forward_activation_bytes'] / 2**20:>12.4g} MiB"
-        f"{summary['train_activation_bytes'] / 2**20:>12.4g} MiB",
-        f"{'trace + compile time':26}{summary['forward_trace_s']:>7.1f} + {summary['forward_compile_s']:5.1f} s"
-        f"{summary['train_trace_s']:>7.1f} + {summary['train_compile_s']:5.1f} s",
+        f"{'':24}{'forward (eval)':>18}{'train step':>18}",
+        f"{'FLOPs':24}{_decimal(summary['forward_flops'], 'FLOP'):>18}{_decimal(summary['train_flops'], 'FLOP'):>18}",
+        f"{'activation memory':24}{_binary(summary['forward_activation_bytes']):>18}"
+        f"{_binary(summary['train_activation_bytes']):>18}",
+        f"{'trace + compile time':24}{summary['forward_trace_s']:>10.1f} + {summary['forward_compile_s']:.1f} s"
+        f"{summary['train_trace_s']:>10.1f} + {summary['train_compile_s']:.1f} s",
         "train step = value_and_grad of a stand-in loss (sum of mean BCE-with-logits over the full-resolution "
         "outputs) + optax.adam update"]
   return "\n".join(lines)

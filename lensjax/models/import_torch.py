@@ -40,7 +40,6 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
@@ -158,11 +157,16 @@ def isnet_from_state_dict(state_dict: Mapping[str, np.ndarray], *, width: float 
   return nnx.merge(graphdef, state)
 
 
+def _new_directory(directory: str | pathlib.Path) -> pathlib.Path:
+  directory = pathlib.Path(directory).resolve()
+  if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+    raise ValueError(f"--out {directory} exists and is not an empty directory; choose a new directory")
+  return directory
+
+
 def save_isnet_checkpoint(model: ISNet, directory: str | pathlib.Path, *, source: str = "") -> pathlib.Path:
   """Writes `model`'s parameters and BatchNorm statistics to `directory` (layout in the module docstring)."""
-  directory = pathlib.Path(directory).resolve()
-  if directory.exists() and any(directory.iterdir()):
-    raise ValueError(f"--out {directory} exists and is not empty; choose a new directory")
+  directory = _new_directory(directory)
   directory.mkdir(parents=True, exist_ok=True)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(directory / "state", nnx.to_pure_dict(nnx.state(model)))
@@ -186,11 +190,8 @@ def load_isnet_checkpoint(directory: str | pathlib.Path, *, dtype: str = "float3
       "isnet", in_channels=options["in_channels"], out_channels=options["out_channels"], width=options["width"],
       depth=options["depth"], dtype=dtype, seed=0))
   graphdef, state = nnx.split(abstract_model)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
-                        nnx.to_pure_dict(state))
-  with ocp.StandardCheckpointer() as checkpointer:
-    restored = checkpointer.restore(directory / "state", target)
+  with ocp.StandardCheckpointer() as checkpointer:            # onto the default device
+    restored = checkpointer.restore(directory / "state", nnx.to_pure_dict(state))
   nnx.replace_by_pure_dict(state, restored)
   return nnx.merge(graphdef, state)
 
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
                       help="channel multiplier the weights were made with (default 1.0, the upstream network)")
   args = parser.parse_args(argv)
   try:
+    _new_directory(args.out)                 # before the work, not after it
     state_dict = read_state_dict(args.pth)
     model = isnet_from_state_dict(state_dict, width=args.width, source=args.pth)
     directory = save_isnet_checkpoint(model, args.out, source=str(pathlib.Path(args.pth).resolve()))
