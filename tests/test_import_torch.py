@@ -7,6 +7,7 @@ gets random weights and non-trivial BatchNorm statistics, and both run in eval m
 
 import json
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -64,6 +65,8 @@ def images() -> np.ndarray:
 def imported(state_dict):
   model = import_torch.isnet_from_state_dict(state_dict, width=WIDTH)
   model.eval()
+  # Committed to the device, as a restored checkpoint is, so both share one compiled forward.
+  nnx.update(model, jax.device_put(nnx.state(model), jax.devices()[0]))
   return model
 
 

@@ -21,6 +21,8 @@ The model convention the training step relies on (every network follows it):
 Build a network by name with `build("isnet", in_channels=1, out_channels=2, width=0.25, depth=4)`, or from
 the `model` section of a config with `build_from_config(config.model, in_channels, out_channels, seed)`.
 `python -m lensjax.models NAME` prints parameter counts, FLOPs, activation memory and compile times.
+Upstream PyTorch IS-Net weights: `python -m lensjax.models.import_torch model.pth --out DIR` writes an Orbax
+checkpoint that `lensjax.models.import_torch.load_isnet_checkpoint(DIR)` turns back into an `ISNet`.
 """
 
 from __future__ import annotations

@@ -64,8 +64,8 @@ def summarize(name: str, *, in_channels: int, out_channels: int, width: float = 
               wiring: str = "original", dtype: str = "float32", size: int = 128, batch: int = 8,
               params_only: bool = False) -> dict[str, float]:
   """The figures `python -m lensjax.models` prints, as a dict (FLOPs and bytes per image, times in seconds)."""
-  if size < 1 or batch < 1:
-    raise ValueError(f"--size and --batch must be positive, got size={size}, batch={batch}")
+  if size < 2 or batch < 1:
+    raise ValueError(f"--size must be at least 2 and --batch at least 1, got size={size}, batch={batch}")
   options = dict(in_channels=in_channels, out_channels=out_channels, width=width, depth=depth, wiring=wiring,
                  dtype=dtype)
   model = nnx.eval_shape(lambda: build(name, **options, seed=0))

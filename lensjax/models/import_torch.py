@@ -94,7 +94,7 @@ def _find_state_dict(contents: Any, path: pathlib.Path) -> Mapping[str, Any]:
 
 
 def torch_name(path: tuple[str, ...]) -> str:
-  """The upstream state_dict name of the Flax variable at attribute `path`, e.g. ('side1', 'kernel') -> 'side1.weight'."""
+  """The upstream state_dict name of the Flax variable at attribute `path`: ('side1', 'kernel') -> 'side1.weight'."""
   *modules, variable = path
   return ".".join([*modules, TORCH_NAMES[variable]])
 

@@ -13,7 +13,8 @@ one-to-one onto the attributes here (`lensjax.models.import_torch`); attribute n
 Two deliberate departures from upstream: the forward returns **logits** (upstream applies the sigmoid inside;
 apply it outside, or use a BCE-with-logits loss), and PyTorch updates BatchNorm's running variance with the
 unbiased batch variance where Flax uses the biased one (a factor n/(n-1), n = batch * height * width pixels
-per channel: 1.03 on the 2x2 bottom maps at batch 8, negligible elsewhere). Eval-mode outputs are identical.
+per channel: 1.03 on the 2x2 bottom maps at batch 8, negligible elsewhere). Given the same weights and
+running statistics, eval-mode outputs agree with upstream to float32 rounding.
 
 Size options for small (CPU) variants:
 - `width` multiplies every channel count, `max(1, round(c * width))` with halves rounded up (width 0.125 turns
@@ -116,7 +117,10 @@ def _check_image(cls_name: str, image: jax.Array, in_channels: int, argument: st
 
 
 class ConvBNReLU(nnx.Module):
-  """Upstream `REBNCONV`: 3x3 conv (bias, dilation d, padding d) -> BatchNorm -> ReLU; (B, h, w, in) -> (B, h, w, out)."""
+  """Upstream `REBNCONV`: 3x3 conv (bias, dilation d, padding d) -> BatchNorm -> ReLU.
+
+  (B, h, w, in) -> (B, h, w, out).
+  """
 
   def __init__(self, in_channels: int, out_channels: int, dilation: int = 1, *, dtype, rngs: nnx.Rngs):
     # `conv_s1`/`bn_s1` are the upstream attribute names, so state_dict keys map onto these paths.
