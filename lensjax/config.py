@@ -255,9 +255,9 @@ class DataConfig:
 class ModelConfig:
   """Which network, and its size (`lensjax.models.build`)."""
   name: Literal["isnet", "msrfnet"] = "isnet"
-  width: float = 1.0               # channel multiplier; 1.0 is the reference network
-  depth: int = 6                   # IS-Net: encoder stages (6 in the reference)
-  wiring: Literal["original", "paper"] = "original"   # MSRF-Net sub-network wiring
+  width: float = 1.0               # channel multiplier; 1.0 is the reference network, 0.125-0.25 for CPU runs
+  depth: int = 6                   # IS-Net only: resolution levels 1..6 (6 is the reference); leave 6 for MSRF-Net
+  wiring: Literal["original", "paper"] = "original"   # MSRF-Net only: sub-network wiring
   dtype: Literal["float32", "bfloat16"] = "float32"   # compute dtype; parameters stay float32
 
 

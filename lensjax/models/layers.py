@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -44,3 +46,25 @@ class PointwiseConv(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.linear(x)
+
+
+def torch_default_kernel_init() -> nnx.Initializer:
+  """PyTorch's default `Conv2d`/`Linear` weight init: U(-1/sqrt(fan_in), +1/sqrt(fan_in)).
+
+  PyTorch draws `kaiming_uniform_(a=sqrt(5))`, whose bound sqrt(6 / ((1 + 5) fan_in)) is 1/sqrt(fan_in); a
+  uniform variance scaling with scale 1/3 has bound sqrt(3 * (1/3) / fan_in), the same. fan_in = kh * kw * C_in
+  for an HWIO kernel and C_in for an (in, out) matrix.
+  """
+  return nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias_init(fan_in: int) -> nnx.Initializer:
+  """PyTorch's default bias init for a layer with `fan_in` inputs per output: U(-1/sqrt(fan_in), +1/sqrt(fan_in))."""
+  if fan_in < 1:
+    raise ValueError(f"torch_default_bias_init: fan_in must be >= 1, got {fan_in}")
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
