@@ -128,7 +128,6 @@ def test_orbax_restores_the_iterator_to_exactly_the_next_batches(tmp_path):
       np.testing.assert_array_equal(got[key], want[key])
 
 
-@pytest.mark.slow
 def test_worker_processes_yield_the_same_batches_as_the_training_process(tmp_path):
   config = _npy_config(tmp_path, count=20)
   def batches(workers):

@@ -43,7 +43,7 @@ class FitsSource(sources.RawSource):
   has_masks = False
 
   def __init__(self, path: str | pathlib.Path, split: str):
-    from astropy.io import fits  # pylint: disable=g-import-not-at-top
+    fits = validation.import_optional("astropy.io.fits", "fits", "fits")
     if split != "test":
       raise ValueError(f"split={split!r}: FITS cutouts have no masks, so they serve prediction only; read "
                        "them as split 'test'")
@@ -93,7 +93,7 @@ class FitsSource(sources.RawSource):
     return f"{file}[HDU {number}]" + ("" if plane is None else f"[{plane}]")
 
   def read(self, index: int) -> dict[str, Any]:
-    from astropy.io import fits  # pylint: disable=g-import-not-at-top
+    fits = validation.import_optional("astropy.io.fits", "fits", "fits")
     file, number, plane = self.cutouts[index]
     if getattr(self, "_handle_files", None) is None:
       self._handle_files = {}

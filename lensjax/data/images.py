@@ -184,7 +184,7 @@ class ChaosSource(sources.RawSource):
   """Slices of the CHAOS download for one modality and the patients of one split (see the module docstring)."""
 
   def __init__(self, data: cfg.DataConfig, split: str):
-    import pydicom  # pylint: disable=g-import-not-at-top
+    pydicom = validation.import_optional("pydicom", "dicom", "chaos")
     self.modality, self.targets = data.chaos_modality, tuple(data.targets)
     check_mask_targets(self.targets, f"chaos ({self.modality})",
                        ("liver",) if self.modality == "CT" else MASK_TARGETS)
@@ -261,7 +261,7 @@ class ChaosSource(sources.RawSource):
     return str(self.slices[index][0])
 
   def read(self, index: int) -> dict[str, Any]:
-    import pydicom  # pylint: disable=g-import-not-at-top
+    pydicom = validation.import_optional("pydicom", "dicom", "chaos")
     dicom_file, mask_file = self.slices[index]
     try:
       dataset = pydicom.dcmread(dicom_file)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import pathlib
+from types import ModuleType
 
 import numpy as np
 
@@ -58,3 +60,11 @@ def binary_mask(values: np.ndarray, where: str) -> np.ndarray:
   if is_one.any() and is_full.any():
     raise DataError(f"{where}: mask mixes the values 1 and 255; use 0/1 or 0/255 throughout")
   return (values > 0).astype(np.float32)
+
+
+def import_optional(module: str, extra: str, source: str) -> ModuleType:
+  """Imports `module`, needed only by data.source=`source`; says which extra installs it if missing."""
+  try:
+    return importlib.import_module(module)
+  except ImportError:
+    raise ImportError(f"data.source={source!r} needs {module}: pip install 'lensjax[{extra}]'") from None
