@@ -106,6 +106,14 @@ def test_loader_augmentation_keeps_masks_aligned_with_images(tmp_path):
   assert max(len(v) for v in by_index.values()) > 1
 
 
+def test_fits_cutouts_are_batched_for_prediction_without_masks(tmp_path):
+  fx.write_fits(tmp_path / "cube.fits", np.random.default_rng(0).random((5, 10, 10)).astype(np.float32))
+  batches = list(lensdata.make_loader(fx.config_for("fits", tmp_path), "test", batch_size=4, shuffle=False,
+                                      num_epochs=1, seed=0))
+  assert [b["valid"].tolist() for b in batches] == [[1, 1, 1, 1], [1, 0, 0, 0]]
+  assert batches[0]["image"].shape == (4, 128, 128, 1) and "mask" not in batches[0]
+
+
 def test_orbax_restores_the_iterator_to_exactly_the_next_batches(tmp_path):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   config = _npy_config(tmp_path / "data", count=20, crop_size=12)

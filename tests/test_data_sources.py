@@ -277,3 +277,11 @@ def test_bad_configs_name_the_field_and_the_choices(tmp_path):
   with pytest.raises(ValueError, match="'liver' or 'foreground'|organs from liver"):
     fx.write_chaos(tmp_path / "chaos", patients=1)
     lensdata.make_source(fx.config_for("chaos", tmp_path / "chaos", targets=("spleen",)), "train")
+
+
+def test_auto_normalisation_is_percentile_for_astronomy_and_none_for_medical_images():
+  def resolved(source, **fields):
+    return sources.resolved_normalize(fx.config_for(source, "x", **fields).data)
+  assert [resolved(s) for s in ("sim", "npy", "fits", "png")] == ["percentile"] * 3 + ["none"]
+  assert resolved("chaos") == "none" and resolved("chaos", chaos_modality="T2SPIR") == "percentile"
+  assert resolved("png", normalize="minmax") == "minmax"

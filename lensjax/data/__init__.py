@@ -6,7 +6,8 @@
 
 Modules: `sources` (the simulated source, config -> source), `npy`, `images` (PNG, CHAOS DICOM), `fits`
 (format readers), `transforms` (preprocessing, augmentation, Canny), `pipeline` (loaders), `check`.
-Nothing here imports JAX at import time; the simulated source imports `lensjax.sim` when it renders.
+Nothing here uses JAX (Grain imports it, but no backend starts); the simulated source imports `lensjax.sim`
+when it renders.
 """
 
 from lensjax.data.errors import DataError

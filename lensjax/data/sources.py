@@ -9,8 +9,8 @@ Two layers:
     The loader (`pipeline.make_loader`) reads the raw source in batches and preprocesses with augmentation.
 
 Raw sources read lazily (memory maps, open files, the simulator) and drop those handles when pickled, so
-Grain worker processes (started with spawn) reopen them. Nothing here imports JAX; the simulated source
-imports `lensjax.sim` in the process that renders.
+Grain worker processes (started with spawn) reopen them. Nothing here uses JAX (Grain imports it but starts
+no backend); the simulated source imports `lensjax.sim` in the process that renders.
 """
 
 from __future__ import annotations
@@ -65,9 +65,6 @@ class RawSource(grain.sources.RandomAccessDataSource):
 
   def __getstate__(self) -> dict[str, Any]:
     return {k: v for k, v in self.__dict__.items() if not k.startswith("_handle")}
-
-  def __setstate__(self, state: dict[str, Any]) -> None:
-    self.__dict__.update(state)
 
 
 class Source(grain.sources.RandomAccessDataSource):
