@@ -248,7 +248,8 @@ class DataConfig:
   Sources (`source`):
     sim    the built-in simulator (`lensjax.sim`), rendered on the fly; splits are disjoint by seed.
     npy    the original project's arrays: one `images.npy` (N, H, W, 3: observed, lens, arcs) with masks made
-           on load by the mask rules, or with a `masks.npy` (N, H, W, 2: lens, arcs); or the split folders
+           on load by the simulator's mask rule (`sim.mask_rule`, `sim.lens_mask_percentile`, ...), or with a
+           `masks.npy` (N, H, W, 2: lens, arcs); or the split folders
            `{train,val,test}/images/*.npy` with `lens_mask/` and `arc_mask/`. Memory-mapped, never unpickled.
     png    `{train,val,test}/images/*.png` with `masks/*.png` of the same names (the original's CHAOS run).
     chaos  the CHAOS download (`CT/<id>/DICOM_anon` + `Ground`, `MR/<id>/T1DUAL|T2SPIR`); needs pydicom.
@@ -277,8 +278,6 @@ class DataConfig:
   split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)   # train, val, test shares of one images.npy or of
                                                          # the CHAOS patients; must sum to 1
   split_seed: int = 0              # seed of the random assignment to splits above
-  lens_mask_percentile: float = 99.0   # images.npy without masks.npy: lens mask = lens channel >= this percentile
-  arc_mask_percentile: float = 95.0    # ... arc mask = arc channel >= this percentile (empty channel: empty mask)
   chaos_modality: Literal["CT", "T1DUAL_InPhase", "T1DUAL_OutPhase", "T2SPIR"] = "CT"
   ct_hu_range: tuple[float, ...] = (-160.0, 240.0)      # CT Hounsfield units mapped linearly to [0, 1] and
                                                         # clipped (abdominal window: level 40, width 400)

@@ -278,8 +278,8 @@ class ChaosSource(sources.RawSource):
       pixels = np.clip((hounsfield - low) / (high - low), 0.0, 1.0).astype(np.float32)
     mask_values = read_png_mask(mask_file)
     if mask_values.shape != pixels.shape:
-      raise DataError(f"{mask_file}: is {mask_values.shape[0]}x{mask_values.shape[1]}, its slice {dicom_file.name} "
-                      f"{pixels.shape[0]}x{pixels.shape[1]}; a mask must match its slice")
+      raise DataError(f"{mask_file}: is {mask_values.shape[0]}x{mask_values.shape[1]}, its slice "
+                      f"{dicom_file.name} {pixels.shape[0]}x{pixels.shape[1]}; a mask must match its slice")
     if self.modality == "CT":
       # CT ground truth is the liver alone, 0/255: 'liver' and 'foreground' are the same channel.
       mask = validation.binary_mask(mask_values, str(mask_file))[..., None]

@@ -3,7 +3,8 @@
 Two layouts, found from `data.path`:
   * one array: `images.npy` (N, H, W, 3) with channels (observed, lens light, arc light), in counts. Masks
     come from `masks.npy` (N, H, W, 2: lens, arcs; 0/1 or 0/255) beside it when present, otherwise they are
-    made on load by the simulator's percentile rules (`lensjax.sim.masks`, empty channel -> empty mask).
+    made on load from the lens and arc channels by the simulator's mask rule (`config.sim.mask_rule`, by
+    default lens >= 99th and arcs >= 95th percentile, an empty channel giving an empty mask).
     `data.path` is the folder or the `images.npy` file; the rows are split at random by
     `data.split_fractions` and `data.split_seed`. The original also split lenses and non-lenses separately;
     that needs every arc channel read up front, so the split here is not stratified.
@@ -49,10 +50,12 @@ class NpyArraySource(sources.RawSource):
   """The `split` rows of one `images.npy` (N, H, W, 3), with masks from `masks.npy` or the percentile rules."""
 
   def __init__(self, images_path: pathlib.Path, masks_path: pathlib.Path | None, split: str,
-               data: cfg.DataConfig):
+               config: cfg.Config):
+    data = config.data
     self.images_path, self.masks_path = images_path, masks_path
     self.targets = tuple(data.targets)
-    self.mask_percentiles = {"lens": data.lens_mask_percentile, "arcs": data.arc_mask_percentile}
+    self._channels = [sources.SIM_TARGETS.index(t) for t in self.targets]
+    self.sim_config = config.sim       # its mask rule makes the masks when there is no masks.npy
     shape, dtype = npy_header(images_path)
     problems = validation.check_image_dtype(dtype, str(images_path))
     if len(shape) != 4 or shape[-1] != 3:
@@ -83,6 +86,12 @@ class NpyArraySource(sources.RawSource):
       self._handle_arrays = validation.load_npy(self.images_path), masks
     return self._handle_arrays
 
+  def _mask_rule(self):
+    if getattr(self, "_handle_mask_rule", None) is None:
+      from lensjax.sim import simulator  # pylint: disable=g-import-not-at-top
+      self._handle_mask_rule = simulator.mask_rule(self.sim_config)
+    return self._handle_mask_rule
+
   def read(self, index: int) -> dict[str, Any]:
     images, masks = self._arrays()
     row = self.rows[index]
@@ -90,13 +99,10 @@ class NpyArraySource(sources.RawSource):
     channels = np.asarray(images[row], np.float32)
     validation.require_finite(channels, where)
     if masks is not None:
-      mask = validation.binary_mask(masks[row][..., [sources.SIM_TARGETS.index(t) for t in self.targets]],
-                                    f"{self.masks_path}[{row}]")
+      mask = validation.binary_mask(masks[row][..., self._channels], f"{self.masks_path}[{row}]")
     else:
-      from lensjax.sim import masks as sim_masks  # pylint: disable=g-import-not-at-top
-      mask = np.stack([sim_masks.percentile_mask(channels[..., 1 + sources.SIM_TARGETS.index(t)],
-                                                 self.mask_percentiles[t]) for t in self.targets],
-                      axis=-1).astype(np.float32)
+      both = self._mask_rule().apply(channels[..., 1], channels[..., 2])
+      mask = both[..., self._channels].astype(np.float32)
     return {"image": channels[..., :1], "mask": mask, "index": np.int64(index)}
 
   def __repr__(self) -> str:
@@ -182,8 +188,9 @@ class NpyFolderSource(sources.RawSource):
     return f"NpyFolderSource({self.root}, split={self.split!r}, targets={self.targets})"
 
 
-def open_npy(data: cfg.DataConfig, split: str) -> sources.RawSource:
-  """The .npy layout at `data.path`: an `images.npy` (file or folder holding it) or split folders."""
+def open_npy(config: cfg.Config, split: str) -> sources.RawSource:
+  """The .npy layout at `config.data.path`: an `images.npy` (file or folder holding it) or split folders."""
+  data = config.data
   path = pathlib.Path(data.path)
   if path.suffix == ".npy":
     images_path = path
@@ -197,4 +204,4 @@ def open_npy(data: cfg.DataConfig, split: str) -> sources.RawSource:
   if not images_path.is_file():
     raise DataError(f"{images_path}: no such file")
   masks_path = images_path.with_name(MASKS_FILE)
-  return NpyArraySource(images_path, masks_path if masks_path.is_file() else None, split, data)
+  return NpyArraySource(images_path, masks_path if masks_path.is_file() else None, split, config)

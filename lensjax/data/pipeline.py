@@ -47,7 +47,8 @@ class ReadBatch(grain.transforms.RandomMap):
   def random_map(self, ids: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     ids = np.asarray(ids, np.int64)
     valid = ids < self.num_real
-    examples = self.raw._getitems(np.where(valid, ids, ids % self.num_real).tolist())  # pylint: disable=protected-access
+    read_ids = np.where(valid, ids, ids % self.num_real).tolist()
+    examples = self.raw._getitems(read_ids)  # pylint: disable=protected-access
     # Seeds drawn from `rng` (itself seeded by the batch number), not `rng.spawn`: Grain reuses generators,
     # and spawn counts earlier calls, which would make a restored iterator augment differently.
     example_rngs = ([np.random.default_rng(s) for s in rng.integers(2**63, size=len(ids))] if self.augment

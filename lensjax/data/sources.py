@@ -28,6 +28,8 @@ from lensjax.data.errors import DataError
 
 SPLITS = ("train", "val", "test")
 SIM_TARGETS = ("lens", "arcs")           # the simulator's mask channels, in this order
+# Per-image simulation parameters passed on with each example, so evaluation can bin by them.
+SIM_METADATA = ("is_lens", "theta_E", "arc_flux", "arc_peak", "arc_snr", "magnification")
 # An unbounded simulated split: indices run up to this (a fresh scene per index, for years of training).
 UNBOUNDED_SIM_SIZE = 2**31 - 1
 # Simulator seed of split s is SIM_SEEDS_PER_RUN * sim_seed + offset: distinct for every (sim_seed, split).
@@ -104,6 +106,8 @@ class Source(grain.sources.RandomAccessDataSource):
 
 def sim_seed(data: cfg.DataConfig, split: str) -> int:
   """The simulator seed of `split`: different for every (data.sim_seed, split), so splits never overlap."""
+  if not 0 <= SIM_SEEDS_PER_RUN * data.sim_seed + 2 < 2**32:
+    raise ValueError(f"data.sim_seed={data.sim_seed}: expected an integer in [0, {(2**32 - 3) // 3}]")
   return SIM_SEEDS_PER_RUN * data.sim_seed + _SIM_SPLIT_OFFSET[split]
 
 
@@ -120,9 +124,10 @@ class SimSource(RawSource):
   """Simulated lenses, a pure function of (seed, index): `lensjax.sim.Simulator(sim_config, seed)`.
 
   Examples: `image` (125, 125, 1) float32, the observed channel in counts; `mask` (125, 125, K) float32, the
-  simulator's masks (made on the noiseless channels) for `targets`; `index`; and every per-image parameter
-  of the simulator (`is_lens`, `theta_E`, `arc_flux`, ...) as a float32 scalar, so evaluation can bin by
-  them. `_getitems` renders a whole batch in one simulator call, far faster than one image at a time.
+  simulator's masks (made on the noiseless channels) for `targets`; `index`; and the SIM_METADATA
+  parameters (is_lens 0/1, theta_E in arcsec, arc_flux in counts, arc_peak in counts per pixel, arc_snr,
+  magnification) as float32 scalars, so evaluation can bin by them. `_getitems` renders a whole batch in one
+  simulator call, far faster than one image at a time.
   """
 
   def __init__(self, sim_config: cfg.SimConfig, seed: int, size: int, targets: Sequence[str]):
@@ -160,7 +165,7 @@ class SimSource(RawSource):
     rendered = self._simulator().render(indices)
     observed = np.asarray(rendered["observed"], np.float32)
     masks = np.asarray(rendered["masks"])[..., self._channels].astype(np.float32)
-    params = {name: np.asarray(values, np.float32) for name, values in rendered["params"].items()}
+    params = {name: np.asarray(rendered["params"][name], np.float32) for name in SIM_METADATA}
     return [{"image": observed[i, :, :, None], "mask": masks[i], "index": np.int64(index),
              **{name: values[i] for name, values in params.items()}}
             for i, index in enumerate(indices)]
@@ -216,7 +221,7 @@ def make_raw_source(config: cfg.Config, split: str) -> RawSource:
                      "(e.g. --config.data.path=/data/lenses)")
   if data.source == "npy":
     _check_targets(data.targets, SIM_TARGETS, "npy")
-    return npy.open_npy(data, split)
+    return npy.open_npy(config, split)
   if data.source == "png":
     return images.PngFolderSource(data.path, split, data.targets, allow_mixed_sizes=data.resize_to > 0)
   if data.source == "chaos":
