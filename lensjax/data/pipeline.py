@@ -6,6 +6,9 @@
   -> read the batch (one simulator call for simulated data) and preprocess each example -> prefetch
   -> worker processes (optional)
 
+Simulated scenes are independent draws by index, so they are read in order, without the shuffle: a batch
+of consecutive ids is one batched render.
+
 Batching the ids before reading makes every batch a single batched read, and makes a worker process read
 whole batches (Grain gives worker w the batches w, w + W, ...), so no work is repeated across workers.
 
@@ -13,7 +16,7 @@ Sharding: process p of P reads a contiguous block of the example ids, disjoint f
 they cover every example once per epoch (`ShardByJaxProcess` supplies p and P).
   * Unbounded loaders (`num_epochs=None`, training): block p is examples [p N / P, (p + 1) N / P); each
     process cycles through its own block, so batches run across epoch boundaries and never stop.
-  * Finite loaders (`num_epochs=k`, evaluation): the N examples are padded to a multiple of P x batch_size,
+  * Finite loaders (`num_epochs=k`, e.g. evaluation): the N examples are padded to a multiple of P x batch_size,
     so every process yields the same number of full batches per epoch. Padding rows repeat real examples
     with `valid = 0`; metrics and losses must weight rows by `valid`.
 
@@ -26,6 +29,7 @@ restored iterator yields exactly the batches the uninterrupted one would have.
 from __future__ import annotations
 
 import math
+
 import grain
 import numpy as np
 
