@@ -244,11 +244,76 @@ class SimConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-  """Where the data come from and how they are turned into batches (`lensjax.data`)."""
+  """Where the data come from and how they are turned into batches (`lensjax.data`).
+
+  Sources (`source`):
+    sim    the built-in simulator (`lensjax.sim`), rendered on the fly; splits are disjoint by seed.
+    npy    the original project's arrays: one `images.npy` (N, H, W, 3: observed, lens, arcs) with masks made
+           on load by the simulator's mask rule (`sim.mask_rule`, `sim.lens_mask_percentile`, ...), or with a
+           `masks.npy` (N, H, W, 2: lens, arcs); or the split folders
+           `{train,val,test}/images/*.npy` with `lens_mask/` and `arc_mask/`. Memory-mapped, never unpickled.
+    png    `{train,val,test}/images/*.png` with `masks/*.png` of the same names (the original's CHAOS run).
+    chaos  the CHAOS download (`CT/<id>/DICOM_anon` + `Ground`, `MR/<id>/T1DUAL|T2SPIR`); needs pydicom.
+    fits   survey cutouts without masks (a 2-D image or an (N, H, W) cube per file), to run a trained model
+           on; split 'test' only; needs astropy.
+
+  Per-image preprocessing, in this order: normalize, arc_boost, resize_to, pad_to, augmentation (train
+  split only), crop_size, channels, the Canny edge map (when the model takes one), input_scaling.
+  """
   source: Literal["sim", "npy", "png", "chaos", "fits"] = "sim"
   path: str = ""                   # dataset file or folder, for the file sources
-  targets: tuple[str, ...] = ("lens", "arcs")   # one mask channel per target
+  # One mask channel per target. sim, npy: 'lens', 'arcs'. png, chaos: 'foreground' (any labelled pixel),
+  # or organs decoded from the CHAOS MR grey levels: 'liver', 'right_kidney', 'left_kidney', 'spleen'
+  # (a binary 0/255 mask read with organ targets would decode as spleen; use 'foreground' for those).
+  # chaos CT ground truth is the liver only: 'liver' or 'foreground'. fits: ignored (no masks).
+  targets: tuple[str, ...] = ("lens", "arcs")
+
+  # Simulated source. Split s is rendered with simulator seed 3 * sim_seed + (0 train, 1 val, 2 test), so the
+  # splits never share a scene, whatever their sizes.
+  sim_seed: int = 0
+  sim_train_size: int = 0          # images; 0: unbounded (the training stream never repeats a scene)
+  sim_val_size: int = 256          # images
+  sim_test_size: int = 256         # images
+
+  # File sources.
+  split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)   # train, val, test shares of one images.npy or of
+                                                         # the CHAOS patients; must sum to 1
+  split_seed: int = 0              # seed of the random assignment to splits above
+  chaos_modality: Literal["CT", "T1DUAL_InPhase", "T1DUAL_OutPhase", "T2SPIR"] = "CT"
+  ct_hu_range: tuple[float, ...] = (-160.0, 240.0)      # CT Hounsfield units mapped linearly to [0, 1] and
+                                                        # clipped (abdominal window: level 40, width 400)
+
+  # Preprocessing.
+  # percentile: divide each image channel by its `normalize_percentile` percentile and clip to [0, 1] (the
+  # original's per-image p99 division and clipping); minmax: (x - min) / (max - min); none: as read (png is
+  # already x / 255, chaos CT is windowed by ct_hu_range). auto: percentile for sim, npy, fits and chaos MR;
+  # none for png and chaos CT.
+  normalize: Literal["auto", "percentile", "minmax", "none"] = "auto"
+  normalize_percentile: float = 99.0
+  # The original's arc-brightness boost (10 there; 1 disables it): pixels above the image's 95th percentile
+  # are multiplied by arc_boost, those above the recomputed 99th percentile divided by it, and the image is
+  # divided by arc_boost to stay in [0, 1]. Applied once per read (the original compounded it every epoch).
+  arc_boost: float = 1.0
+  resize_to: int = 0               # pixels per side after reading (bilinear for images, nearest for masks);
+                                   # 0 keeps the stored size (the original's CHAOS run resized to 256)
+  pad_to: int = 128                # zero-pad smaller images and masks to this side at offset (pad_to - n) // 2,
+                                   # i.e. (1, 1) for 125 -> 128 as the original; larger ones are kept; 0: off
+  crop_size: int = 0               # pixels per side: a random crop for the train split, the central crop for
+                                   # val/test; 0: off
+  augment: Literal["none", "hflip", "d4"] = "d4"   # train split only. d4: the 8 flips and 90-degree rotations
+                                   # (lens images have no preferred orientation; rotations need square images);
+                                   # hflip: the original IS-Net's horizontal flip with p = 0.5
+  input_channels: Literal[1, 3] = 1    # 3 repeats a grey image (the original IS-Net and CHAOS inputs);
+                                       # 1 turns RGB into luma (ITU-R 601, as PIL's convert('L'))
+  # unit: the normalised image, [0, 1]; centered: minus 0.5 (the original IS-Net's x / 255 - 0.5);
+  # standardize: zero mean and unit variance per image and channel.
+  input_scaling: Literal["unit", "centered", "standardize"] = "centered"
+
+  # Loading.
   worker_count: int = 0            # Grain worker processes (0: read in the training process)
+  worker_buffer_size: int = 2      # batches each worker process keeps ready
+  read_threads: int = 2            # threads reading and preprocessing batches (per process)
+  prefetch_batches: int = 4        # batches read ahead by those threads
 
 
 @dataclasses.dataclass
