@@ -25,7 +25,6 @@ import numpy as np
 
 from lensjax import config as cfg
 from lensjax.data import transforms
-from lensjax.data.errors import DataError
 
 SPLITS = ("train", "val", "test")
 SIM_TARGETS = ("lens", "arcs")           # the simulator's mask channels, in this order
