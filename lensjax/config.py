@@ -230,16 +230,78 @@ def load_module_config(name: str) -> Any:
 
 @dataclasses.dataclass
 class SimConfig:
-  """The built-in lens simulator (`lensjax.sim`): image geometry, instrument and priors.
+  """The built-in lens simulator (`lensjax.sim`): image geometry, instrument, priors and mask rule.
 
-  Angles in arcsec; fluxes in the original data's counts (see `../shared/reference/simulator.md`).
+  Angles in arcsec; fluxes in the original data's "counts" (1 count = 0.1538 nJy, AB magnitude 33.43);
+  see `../shared/reference/simulator.md`. `lensjax.sim.check_config` checks every range and names the field.
+  Uniform priors are given as (min, max) pairs of fields; "log10" fields are decimal logarithms.
   """
-  image_size: int = 125            # pixels per side
+  # Geometry and instrument.
+  image_size: int = 125            # pixels per side (square stamps)
   pixel_scale: float = 0.031       # arcsec per pixel (JWST NIRCam short wavelength)
-  supersampling: int = 1           # sub-pixels per pixel side
+  supersampling: int = 1           # sub-pixels per pixel side; pixel = mean of sub-pixels x pixel area
   psf: Literal["none", "gaussian", "moffat"] = "gaussian"
-  psf_fwhm: float = 0.04           # arcsec
+  psf_fwhm: float = 0.04           # arcsec (NIRCam F115W)
+  psf_truncation: float = 3.0      # kernel radius in Gaussian sigmas (sigma = FWHM / 2.3548), as lenstronomy
+  moffat_beta: float = 3.0         # Moffat power-law index (dimensionless), used when psf = 'moffat'
+  # Noise (off by default: the original "pristine" set). 'gaussian': lenstronomy's Gaussian approximation of
+  # shot + sky + read noise; 'poisson': exact Poisson electrons plus Gaussian read noise.
+  noise: Literal["none", "gaussian", "poisson"] = "none"
+  exposure_time: float = 257.0     # seconds per exposure (lenstronomy's JWST F115W settings)
+  num_exposures: int = 8           # exposures stacked
+  read_noise: float = 15.77        # electrons per exposure and pixel
+  sky_brightness: float = 30.96    # mag per arcsec^2
+  magnitude_zero_point: float = 28.02   # AB magnitude giving 1 electron per second
+  counts_zero_point: float = 33.43      # AB magnitude of one image count (0.1538 nJy)
+  # Lens population.
   lens_fraction: float = 0.5       # fraction of images with a lensed source; the rest have no arc light
+  theta_E_min: float = 0.5         # arcsec, Einstein radius (product-averaged), uniform
+  theta_E_max: float = 1.5         # arcsec
+  mass_q_min: float = 0.5          # SIE axis ratio ~ U(mass_q_min, 1); orientation uniform
+  lens_center_sigma: float = 0.05  # arcsec, Gaussian scatter of the lens centre around the stamp centre
+  shear_sigma: float = 0.03        # external shear gamma1, gamma2 ~ N(0, shear_sigma) each
+  shear_max: float = 0.1           # |gamma| is capped at this value
+  light_misalignment_sigma: float = 0.02   # lens light e1, e2 = mass e1, e2 + N(0, this)
+  lens_R_sersic_min: float = 0.3   # arcsec, lens light half-light radius (product-averaged), uniform
+  lens_R_sersic_max: float = 1.5   # arcsec
+  lens_n_sersic_min: float = 2.0   # lens light Sersic index, uniform
+  lens_n_sersic_max: float = 6.0
+  lens_log10_flux_min: float = 4.5  # lens total flux, log10(counts), uniform
+  lens_log10_flux_max: float = 6.0
+  # Source population (a Sersic plus compact Gaussian clumps, lensed).
+  source_position_max: float = 0.5  # source centre uniform in a disc of this radius x theta_E around the lens
+  source_R_sersic_min: float = 0.05  # arcsec
+  source_R_sersic_max: float = 0.35  # arcsec
+  source_n_sersic_min: float = 0.5
+  source_n_sersic_max: float = 2.5
+  source_e_sigma: float = 0.15     # source e1, e2 ~ N(0, this) each
+  source_e_max: float = 0.5        # |e| of the source is capped at this value
+  source_log10_flux_ratio_min: float = -1.0   # unlensed source flux / lens flux, log10, uniform
+  source_log10_flux_ratio_max: float = 1.0
+  clumps_max: int = 4              # clumps per source ~ uniform integer in [0, clumps_max] (fixed slots)
+  clump_sigma_min: float = 0.02    # arcsec, Gaussian clump sigma, uniform
+  clump_sigma_max: float = 0.08    # arcsec
+  clump_offset_max: float = 0.3    # arcsec, clump centres uniform in a disc of this radius around the source
+  clump_flux_fraction_min: float = 0.1   # share of the source flux in its clumps (when it has any), uniform
+  clump_flux_fraction_max: float = 0.4
+  # Field galaxies: Sersics in the observed channel only (not lensed, not in the masks).
+  field_galaxies_mean: float = 2.0   # Poisson mean number per stamp
+  field_galaxies_max: int = 4        # slots (cost scales with this); the Poisson draw is capped here
+  field_R_sersic_min: float = 0.05   # arcsec
+  field_R_sersic_max: float = 0.4    # arcsec
+  field_n_sersic_min: float = 2.0
+  field_n_sersic_max: float = 6.0
+  field_e_sigma: float = 0.05        # field galaxy e1, e2 ~ N(0, this) each, |e| capped at 0.3
+  field_log10_flux_mean: float = 3.5   # field galaxy total flux, log10(counts) ~ N(mean, sigma)
+  field_log10_flux_sigma: float = 0.7
+  # Masks (computed on the noiseless lens and arcs channels; see `lensjax.sim.masks`).
+  mask_rule: Literal["percentile", "noise", "peak_fraction"] = "percentile"
+  lens_mask_percentile: float = 99.0   # 'percentile' rule, in [0, 100)
+  arc_mask_percentile: float = 95.0
+  mask_noise_k: float = 3.0        # 'noise' rule: pixels above k x the background sigma of the noise model
+  mask_peak_fraction: float = 0.1  # 'peak_fraction' rule: pixels >= this fraction of the channel's peak
+  # Rendering.
+  max_batch: int = 128             # images per compiled call; smaller requests are padded to a power of two
 
 
 @dataclasses.dataclass

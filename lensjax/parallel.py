@@ -82,9 +82,12 @@ def is_main_process() -> bool:
 
 
 def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh named `data` over every device of every process."""
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Explicit,))
+  """A 1-D mesh named `data` over every device of every process.
+
+  The axis is `Auto`: XLA propagates shardings through the network, losses and metrics (with `Explicit`
+  axes, sharding-in-types rejects some ops, e.g. a vmapped `bincount` over a batch-sharded array).
+  """
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

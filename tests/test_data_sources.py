@@ -7,15 +7,11 @@ import pytest
 from PIL import Image
 
 from lensjax import data as lensdata
-from lensjax.data import DataError, images, npy, sources
+from lensjax.data import DataError, images, sources
 from tests import test_data_fixtures as fx
 
 # Preprocessing that leaves stored values alone, so reads can be compared with what was written.
 AS_STORED = dict(normalize="none", pad_to=0, input_scaling="unit")
-
-
-def _all_rows(source):
-  return np.concatenate([source.raw.rows]) if hasattr(source.raw, "rows") else None
 
 
 def test_npy_array_with_masks_round_trips_and_splits_are_disjoint_and_complete(tmp_path):

@@ -98,7 +98,7 @@ def test_outputs_and_features_have_the_reference_shapes(small_isnet, size):
                                          for n, c in zip(levels, FEATURE_CHANNELS)]
 
 
-def test_gt_encoder_features_match_isnet_features_at_every_depth(small_isnet):
+def test_gt_encoder_features_match_isnet_features_at_full_and_reduced_depth(small_isnet):
   for depth in (6, 2):
     isnet = small_isnet if depth == 6 else _abstract("isnet", in_channels=1, out_channels=2, width=WIDTH,
                                                      depth=depth)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import threading
 from typing import Any, Sequence
 
 import grain
@@ -24,7 +25,6 @@ import numpy as np
 
 from lensjax import config as cfg
 from lensjax.data import transforms
-from lensjax.data.errors import DataError
 
 SPLITS = ("train", "val", "test")
 SIM_TARGETS = ("lens", "arcs")           # the simulator's mask channels, in this order
@@ -35,6 +35,9 @@ UNBOUNDED_SIM_SIZE = 2**31 - 1
 # Simulator seed of split s is SIM_SEEDS_PER_RUN * sim_seed + offset: distinct for every (sim_seed, split).
 SIM_SEEDS_PER_RUN = 3
 _SIM_SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
+# Held while a simulator renders a batch size for the first time (and compiles for it): Grain's read
+# threads would otherwise compile the same renderer concurrently, each taking the full compile time.
+_FIRST_RENDER_LOCK = threading.Lock()
 
 
 class RawSource(grain.sources.RandomAccessDataSource):
@@ -147,22 +150,27 @@ class SimSource(RawSource):
   def read(self, index: int) -> dict[str, Any]:
     return self._getitems([index])[0]
 
-  def _simulator(self):
-    if getattr(self, "_handle_simulator", None) is None:
-      if multiprocessing.parent_process() is not None:
-        # A Grain worker process: render on the CPU so that workers never claim accelerator memory; the
-        # training process keeps the accelerator.
-        import jax  # pylint: disable=g-import-not-at-top
-        jax.config.update("jax_platforms", "cpu")
-      from lensjax import sim  # pylint: disable=g-import-not-at-top
-      self._handle_simulator = sim.Simulator(self.sim_config, self.seed)
-    return self._handle_simulator
+  def _render(self, indices: np.ndarray) -> dict[str, Any]:
+    with _FIRST_RENDER_LOCK:
+      if getattr(self, "_handle_simulator", None) is None:
+        if multiprocessing.parent_process() is not None:
+          # A Grain worker process: render on the CPU so that workers never claim accelerator memory; the
+          # training process keeps the accelerator.
+          import jax  # pylint: disable=g-import-not-at-top
+          jax.config.update("jax_platforms", "cpu")
+        from lensjax import sim  # pylint: disable=g-import-not-at-top
+        self._handle_simulator = sim.Simulator(self.sim_config, self.seed)
+        self._handle_rendered_sizes = set()
+      if len(indices) not in self._handle_rendered_sizes:
+        self._handle_rendered_sizes.add(len(indices))
+        return self._handle_simulator.render(indices)
+    return self._handle_simulator.render(indices)
 
   def _getitems(self, indices: Sequence[int]) -> list[dict[str, Any]]:
     indices = np.asarray(indices, np.int64)
     if indices.size and (indices.min() < 0 or indices.max() >= self.size):
       raise IndexError(f"indices {indices.min()}..{indices.max()} out of range for {self!r}")
-    rendered = self._simulator().render(indices)
+    rendered = self._render(indices)
     observed = np.asarray(rendered["observed"], np.float32)
     masks = np.asarray(rendered["masks"])[..., self._channels].astype(np.float32)
     params = {name: np.asarray(rendered["params"][name], np.float32) for name in SIM_METADATA}

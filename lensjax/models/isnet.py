@@ -105,8 +105,9 @@ def _conv3x3(in_channels: int, out_channels: int, *, dilation: int = 1, stride: 
 
 
 def _batch_norm(channels: int, *, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
+  # Two-pass variance (as PyTorch computes it): E[x^2] - E[x]^2 cancels badly in float32.
   return nnx.BatchNorm(channels, momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON, dtype=dtype,
-                       param_dtype=jnp.float32, rngs=rngs)
+                       use_fast_variance=False, param_dtype=jnp.float32, rngs=rngs)
 
 
 def _check_image(cls_name: str, image: jax.Array, in_channels: int, argument: str) -> None:

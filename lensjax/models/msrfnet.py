@@ -67,8 +67,9 @@ def scaled_channels(channels: int, width: float) -> int:
 
 
 def _batch_norm(features: int, *, dtype, rngs: nnx.Rngs, epsilon: float = KERAS_BN_EPSILON) -> nnx.BatchNorm:
+  # Two-pass variance (as Keras and PyTorch compute it): E[x^2] - E[x]^2 cancels badly in float32.
   return nnx.BatchNorm(features, momentum=KERAS_BN_MOMENTUM, epsilon=epsilon, dtype=dtype,
-                       param_dtype=jnp.float32, rngs=rngs)
+                       use_fast_variance=False, param_dtype=jnp.float32, rngs=rngs)
 
 
 def _conv(in_features: int, out_features: int, kernel_size: int = 3, *, stride: int = 1,

@@ -1,0 +1,186 @@
+"""Images per second of `lensjax.sim.Simulator.render` against lenstronomy on the same scenes.
+
+  python benchmarks/simulator.py --out runs/bench_simulator.json
+  python benchmarks/simulator.py --batch-sizes 64,256 --repeats 3 --config.sim.field_galaxies_max=0
+
+For each batch size: `render` of that many new indices (observed, lens, arcs, masks, parameters), compile
+excluded (one warm-up call per size), median over --repeats. When lenstronomy is importable (the `bench`
+extra) the same scenes, converted with `scenes.scene_to_lenstronomy`, are rendered by lenstronomy 1.14 in
+float64 with the same grid, PSF and supersampling: three `ImageModel`s built once (lensed source, lens
+light, field galaxies) with every clump and field slot present (unused ones at zero amplitude, as the JAX
+renderer evaluates them). lenstronomy makes the three channels only; the headline ratio compares that with
+the JAX render *including* its masks. The two renderings are also compared pixel by pixel on a few scenes.
+Set JAX_NUM_CPU_DEVICES (default here: one device per CPU core) to change how the batch is split over cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(os.cpu_count() or 1))
+
+import jax  # noqa: E402  (after JAX_NUM_CPU_DEVICES)
+import numpy as np  # noqa: E402
+
+from lensjax import config as cfg  # noqa: E402
+from lensjax.sim import Simulator, scenes  # noqa: E402
+
+
+def time_jax(simulator: Simulator, batch_size: int, repeats: int) -> dict[str, float]:
+  """Median seconds of `render` over `repeats` fresh index ranges, after one warm-up (compile) call."""
+  start = time.perf_counter()
+  simulator.render(np.arange(batch_size))
+  compile_seconds = time.perf_counter() - start
+  seconds = []
+  for repeat in range(1, repeats + 1):
+    indices = np.arange(repeat * batch_size, (repeat + 1) * batch_size)
+    start = time.perf_counter()
+    simulator.render(indices)
+    seconds.append(time.perf_counter() - start)
+  median = statistics.median(seconds)
+  return dict(batch_size=batch_size, median_seconds=median, images_per_second=batch_size / median,
+              first_call_seconds=compile_seconds)
+
+
+class LenstronomyRenderer:
+  """lenstronomy's rendering of `Simulator` scenes: the same grid, PSF, supersampling and profile slots."""
+
+  def __init__(self, sim_config: cfg.SimConfig):
+    from lenstronomy.Data.imaging_data import ImageData
+    from lenstronomy.Data.psf import PSF
+    from lenstronomy.ImSim.image_model import ImageModel
+    from lenstronomy.LensModel.lens_model import LensModel
+    from lenstronomy.LightModel.light_model import LightModel
+
+    size, scale = sim_config.image_size, sim_config.pixel_scale
+    origin = -(size - 1) / 2 * scale   # lensjax centres the grid; no x flip (reference section 2.1)
+    data = ImageData(image_data=np.zeros((size, size)), ra_at_xy_0=origin, dec_at_xy_0=origin,
+                     transform_pix2angle=np.diag([scale, scale]))
+    if sim_config.psf == "gaussian":
+      psf = PSF(psf_type="GAUSSIAN", fwhm=sim_config.psf_fwhm, truncation=sim_config.psf_truncation)
+    elif sim_config.psf == "none":
+      psf = PSF(psf_type="NONE")
+    else:
+      raise ValueError("the lenstronomy comparison supports psf 'gaussian' or 'none'")
+    numerics = dict(supersampling_factor=sim_config.supersampling)
+    self.clump_slots, self.field_slots = sim_config.clumps_max, sim_config.field_galaxies_max
+    self.arcs = ImageModel(data, psf, lens_model_class=LensModel(["SIE", "SHEAR"]),
+                           source_model_class=LightModel(["SERSIC_ELLIPSE"] + ["GAUSSIAN"] * self.clump_slots),
+                           kwargs_numerics=numerics)
+    self.lens = ImageModel(data, psf, lens_light_model_class=LightModel(["SERSIC_ELLIPSE"]),
+                           kwargs_numerics=numerics)
+    self.field = ImageModel(data, psf, lens_light_model_class=LightModel(["SERSIC_ELLIPSE"] * self.field_slots),
+                            kwargs_numerics=numerics) if self.field_slots else None
+
+  def render(self, scene: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One scene (per-image entries of `Simulator.scenes`) -> float64 observed, lens, arcs."""
+    kwargs = scenes.scene_to_lenstronomy(scene, keep_empty_slots=True)
+    arcs = self.arcs.image(kwargs_lens=kwargs["lens"][1], kwargs_source=kwargs["source_light"][1])
+    lens = self.lens.image(kwargs_lens_light=kwargs["lens_light"][1])
+    observed = lens + arcs
+    if self.field is not None:
+      observed = observed + self.field.image(kwargs_lens_light=kwargs["field_light"][1])
+    return dict(observed=observed, lens=lens, arcs=arcs)
+
+
+def time_lenstronomy(renderer: LenstronomyRenderer, batch_scenes: dict[str, np.ndarray],
+                     repeats: int) -> dict[str, float]:
+  """Median seconds per image of lenstronomy over the scenes, `repeats` passes."""
+  count = len(batch_scenes["theta_E"])
+  per_image = [{name: values[i] for name, values in batch_scenes.items()} for i in range(count)]
+  renderer.render(per_image[0])
+  seconds = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for scene in per_image:
+      renderer.render(scene)
+    seconds.append(time.perf_counter() - start)
+  median = statistics.median(seconds)
+  return dict(images=count, median_seconds=median, images_per_second=count / median)
+
+
+def compare(simulator: Simulator, renderer: LenstronomyRenderer, indices: np.ndarray) -> dict[str, float]:
+  """Largest |JAX - lenstronomy| per channel, relative to that channel's peak, over the scenes `indices`."""
+  ours = simulator.render(indices)
+  batch_scenes = simulator.scenes(indices)
+  worst = dict(observed=0.0, lens=0.0, arcs=0.0)
+  for i in range(len(indices)):
+    theirs = renderer.render({name: values[i] for name, values in batch_scenes.items()})
+    for channel in worst:
+      peak = max(np.abs(theirs[channel]).max(), 1e-30)
+      worst[channel] = max(worst[channel], float(np.abs(ours[channel][i] - theirs[channel]).max() / peak))
+  return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--batch-sizes", default="1,4,16,64,256,1024", help="comma-separated batch sizes")
+  parser.add_argument("--repeats", type=int, default=5, help="timed repeats per batch size (median)")
+  parser.add_argument("--lenstronomy-images", type=int, default=64, help="scenes timed with lenstronomy")
+  parser.add_argument("--check-images", type=int, default=8, help="scenes compared pixel by pixel")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", type=pathlib.Path, help="write the figures as JSON here")
+  args, overrides = parser.parse_known_args(argv)
+  config = cfg.Config()
+  cfg.parse_overrides(config, overrides)
+  sim_config = config.sim
+  batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+  if min(batch_sizes) < 1 or args.repeats < 1:
+    parser.error("batch sizes and --repeats must be positive")
+
+  simulator = Simulator(sim_config, args.seed)
+  results = dict(
+      config=cfg.to_dict(config)["sim"], seed=args.seed, jax=jax.__version__, python=platform.python_version(),
+      devices=[str(d) for d in jax.local_devices()], cpu_count=os.cpu_count(),
+      load_average_before=os.getloadavg(), jax_render=[])
+  print(f"lensjax simulator: {sim_config.image_size}x{sim_config.image_size} px, psf {sim_config.psf}, "
+        f"supersampling {sim_config.supersampling}, noise {sim_config.noise}; "
+        f"{len(jax.local_devices())} {jax.default_backend()} device(s); load average {os.getloadavg()}")
+  for batch_size in batch_sizes:
+    results["jax_render"].append(time_jax(simulator, batch_size, args.repeats))
+
+  lenstronomy = None
+  try:
+    import lenstronomy
+  except ImportError:
+    print("lenstronomy is not installed (pip install lensjax[bench]): JAX figures only")
+  if lenstronomy is not None:
+    renderer = LenstronomyRenderer(sim_config)
+    scene_indices = np.arange(10**6, 10**6 + args.lenstronomy_images)
+    lenstronomy_timing = time_lenstronomy(renderer, simulator.scenes(scene_indices), max(1, args.repeats // 2))
+    results["lenstronomy"] = dict(version=lenstronomy.__version__, **lenstronomy_timing)
+    results["max_relative_difference"] = compare(simulator, renderer, np.arange(args.check_images))
+  results["load_average_after"] = os.getloadavg()
+
+  reference = results.get("lenstronomy", {}).get("images_per_second")
+  print(f"{'batch':>6} {'images/s':>10} {'ms/batch':>10} {'first call s':>13}"
+        + (f" {'x lenstronomy':>14}" if reference else ""))
+  for row in results["jax_render"]:
+    line = (f"{row['batch_size']:>6} {row['images_per_second']:>10.0f} {row['median_seconds'] * 1e3:>10.1f} "
+            f"{row['first_call_seconds']:>13.1f}")
+    if reference:
+      row["speedup_vs_lenstronomy"] = row["images_per_second"] / reference
+      line += f" {row['speedup_vs_lenstronomy']:>14.1f}"
+    print(line)
+  if reference:
+    print(f"lenstronomy {results['lenstronomy']['version']}: {reference:.0f} images/s "
+          f"({results['lenstronomy']['images']} scenes, observed + lens + arcs, no masks)")
+    print("max |JAX - lenstronomy| / channel peak over "
+          f"{args.check_images} scenes: " + ", ".join(f"{k} {v:.1e}" for k, v in results["max_relative_difference"].items()))
+  print(f"load average after: {os.getloadavg()}")
+  if args.out:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,260 @@
+"""Scene priors, scene sampling and the rendering of one scene, all traceable by `jax.jit` and `jax.vmap`.
+
+A scene is a dict of float32 arrays: scalars for the lens (SIE + external shear + Sersic light) and the
+source's main Sersic, and fixed-length slot arrays for the source's Gaussian clumps and the field galaxies
+(unused slots have zero flux), so every scene has the same shapes and one compilation serves all.
+Parameter names follow lenstronomy (`scene_to_lenstronomy` converts one scene to its kwargs).
+
+Priors (reference section 3; every range is a `SimConfig` field):
+  lens        theta_E ~ U; q ~ U(mass_q_min, 1) and orientation ~ U(0, pi) -> e1, e2; centre ~ N(0, sigma);
+              shear gamma1, gamma2 ~ N(0, sigma), |gamma| capped; light e1, e2 = mass e1, e2 + N(0, sigma);
+              R_sersic, n ~ U; total flux 10^U (counts).
+  source      centre uniform in a disc of radius source_position_max * theta_E around the lens centre;
+              R_sersic, n ~ U; e1, e2 ~ N(0, sigma), |e| capped; total (unlensed) flux = lens flux * 10^U;
+              0..clumps_max Gaussian clumps taking a U(min, max) share of that flux.
+  non-lenses  (a fraction 1 - lens_fraction) theta_E = 0 and zero source flux: no arc light at all.
+  field       Poisson(field_galaxies_mean) Sersics (capped at field_galaxies_max) uniform over the stamp,
+              in the observed channel only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lensjax.config import SimConfig
+from lensjax.sim import instrument, profiles
+
+# Keys of the per-image scalars of a scene; the slot arrays are CLUMP_KEYS and FIELD_KEYS.
+SCENE_SCALAR_KEYS = (
+    "is_lens", "theta_E", "lens_e1", "lens_e2", "lens_center_x", "lens_center_y", "gamma1", "gamma2",
+    "light_e1", "light_e2", "lens_R_sersic", "lens_n_sersic", "lens_amp", "lens_flux",
+    "source_x", "source_y", "source_e1", "source_e2", "source_R_sersic", "source_n_sersic", "source_amp",
+    "source_flux", "n_clumps", "n_field_galaxies")
+CLUMP_KEYS = ("clump_x", "clump_y", "clump_sigma", "clump_flux")
+FIELD_KEYS = ("field_x", "field_y", "field_e1", "field_e2", "field_R_sersic", "field_n_sersic", "field_amp",
+              "field_flux")
+FIELD_E_MAX = 0.3   # cap on |e| of field galaxies
+
+
+def _uniform(u: jax.Array, low: float, high: float) -> jax.Array:
+  return low + (high - low) * u
+
+
+def _cap_modulus(a: jax.Array, b: jax.Array, cap: float) -> tuple[jax.Array, jax.Array]:
+  """Scales the 2-vector (a, b) down to length `cap` if it is longer."""
+  modulus = jnp.sqrt(a * a + b * b)
+  scale = jnp.minimum(1.0, cap / jnp.maximum(modulus, 1e-12))
+  return a * scale, b * scale
+
+
+def _poisson_capped_cdf(mean: float, cap: int) -> np.ndarray:
+  """P(N <= j) for j = 0 .. cap - 1 of N ~ Poisson(mean); the draw sum(u > cdf) is Poisson capped at `cap`."""
+  probabilities = [math.exp(-mean + j * math.log(mean) - math.lgamma(j + 1)) if mean > 0 else float(j == 0)
+                   for j in range(cap)]
+  return np.cumsum(probabilities).astype(np.float32)
+
+
+def sample_scene(key: jax.Array, config: SimConfig) -> dict[str, jax.Array]:
+  """Draws one scene from the priors of `config`; see the module docstring. Traceable (vmap over keys)."""
+  lens_key, source_key, clump_key, field_key = jax.random.split(key, 4)
+  c = config
+  # Lens: 12 uniforms and 5 normals.
+  u = jax.random.uniform(lens_key, (12,))
+  g = jax.random.normal(jax.random.fold_in(lens_key, 1), (6,))
+  is_lens = u[0] < c.lens_fraction
+  theta_E = jnp.where(is_lens, _uniform(u[1], c.theta_E_min, c.theta_E_max), 0.0)
+  q = _uniform(u[2], c.mass_q_min, 1.0)
+  angle = math.pi * u[3]
+  lens_e1, lens_e2 = profiles.phi_q_to_ellipticity(angle, q)
+  gamma1, gamma2 = _cap_modulus(c.shear_sigma * g[0], c.shear_sigma * g[1], c.shear_max)
+  light_e1, light_e2 = _cap_modulus(lens_e1 + c.light_misalignment_sigma * g[2],
+                                    lens_e2 + c.light_misalignment_sigma * g[3], 0.9)
+  lens_R = _uniform(u[4], c.lens_R_sersic_min, c.lens_R_sersic_max)
+  lens_n = _uniform(u[5], c.lens_n_sersic_min, c.lens_n_sersic_max)
+  lens_flux = 10.0 ** _uniform(u[6], c.lens_log10_flux_min, c.lens_log10_flux_max)
+  scene = dict(
+      is_lens=is_lens.astype(jnp.float32), theta_E=theta_E, lens_e1=lens_e1, lens_e2=lens_e2,
+      lens_center_x=c.lens_center_sigma * g[4], lens_center_y=c.lens_center_sigma * g[5],
+      gamma1=gamma1, gamma2=gamma2, light_e1=light_e1, light_e2=light_e2,
+      lens_R_sersic=lens_R, lens_n_sersic=lens_n,
+      lens_amp=lens_flux / profiles.sersic_total_flux_per_amp(lens_R, lens_n), lens_flux=lens_flux)
+
+  # Source: position in a disc around the lens, flux relative to the lens, split between Sersic and clumps.
+  u = jax.random.uniform(source_key, (8,))
+  g = jax.random.normal(jax.random.fold_in(source_key, 1), (2,))
+  radius = c.source_position_max * theta_E * jnp.sqrt(u[0])
+  position_angle = 2 * math.pi * u[1]
+  source_e1, source_e2 = _cap_modulus(c.source_e_sigma * g[0], c.source_e_sigma * g[1], c.source_e_max)
+  source_R = _uniform(u[2], c.source_R_sersic_min, c.source_R_sersic_max)
+  source_n = _uniform(u[3], c.source_n_sersic_min, c.source_n_sersic_max)
+  source_flux = jnp.where(
+      is_lens, lens_flux * 10.0 ** _uniform(u[4], c.source_log10_flux_ratio_min, c.source_log10_flux_ratio_max),
+      0.0)
+  n_clumps = jnp.where(is_lens, jnp.floor(u[5] * (c.clumps_max + 1)), 0.0)
+  clump_share = jnp.where(n_clumps > 0, _uniform(u[6], c.clump_flux_fraction_min, c.clump_flux_fraction_max), 0.0)
+  sersic_flux = (1 - clump_share) * source_flux
+  source_x = scene["lens_center_x"] + radius * jnp.cos(position_angle)
+  source_y = scene["lens_center_y"] + radius * jnp.sin(position_angle)
+  scene.update(
+      source_x=source_x, source_y=source_y, source_e1=source_e1, source_e2=source_e2,
+      source_R_sersic=source_R, source_n_sersic=source_n,
+      source_amp=sersic_flux / profiles.sersic_total_flux_per_amp(source_R, source_n),
+      source_flux=source_flux, n_clumps=n_clumps)
+
+  # Clumps: fixed slots, the first n_clumps active, flux shared with random weights.
+  slots = c.clumps_max
+  u = jax.random.uniform(clump_key, (4, slots))
+  active = jnp.arange(slots) < n_clumps
+  weights = jnp.where(active, 0.5 + u[0], 0.0)
+  clump_radius = c.clump_offset_max * jnp.sqrt(u[1])
+  clump_angle = 2 * math.pi * u[2]
+  scene.update(
+      clump_x=source_x + clump_radius * jnp.cos(clump_angle),
+      clump_y=source_y + clump_radius * jnp.sin(clump_angle),
+      clump_sigma=_uniform(u[3], c.clump_sigma_min, c.clump_sigma_max),
+      clump_flux=clump_share * source_flux * weights / jnp.maximum(weights.sum(), 1e-12))
+
+  # Field galaxies: capped Poisson count, uniform over the stamp.
+  slots = c.field_galaxies_max
+  count_draw = jax.random.uniform(jax.random.fold_in(field_key, 2))
+  n_field = jnp.sum(count_draw > _poisson_capped_cdf(c.field_galaxies_mean, c.field_galaxies_max)).astype(
+      jnp.float32)
+  u = jax.random.uniform(field_key, (4, slots))
+  g = jax.random.normal(jax.random.fold_in(field_key, 1), (3, slots))
+  half_width = 0.5 * c.image_size * c.pixel_scale
+  field_e1, field_e2 = _cap_modulus(c.field_e_sigma * g[0], c.field_e_sigma * g[1], FIELD_E_MAX)
+  field_R = _uniform(u[2], c.field_R_sersic_min, c.field_R_sersic_max)
+  field_n = _uniform(u[3], c.field_n_sersic_min, c.field_n_sersic_max)
+  field_flux = jnp.where(jnp.arange(slots) < n_field,
+                         10.0 ** (c.field_log10_flux_mean + c.field_log10_flux_sigma * g[2]), 0.0)
+  scene.update(
+      n_field_galaxies=n_field,
+      field_x=_uniform(u[0], -half_width, half_width), field_y=_uniform(u[1], -half_width, half_width),
+      field_e1=field_e1, field_e2=field_e2, field_R_sersic=field_R, field_n_sersic=field_n,
+      field_amp=field_flux / profiles.sersic_total_flux_per_amp(field_R, field_n), field_flux=field_flux)
+  return {name: value.astype(jnp.float32) for name, value in scene.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Optics:
+  """What the renderer needs from the instrument, fixed per `SimConfig` (static under jit).
+
+  Attributes:
+    x, y: (size * supersampling,) float32 sub-pixel centre coordinates in arcsec (columns and rows).
+    supersampling: sub-pixels per pixel side.
+    pixel_area: arcsec^2 per pixel (surface brightness -> pixel counts).
+    psf_taps: 1-D separable Gaussian weights, or None.
+    psf_kernel: 2-D (Moffat) kernel, or None. Both None: no PSF.
+  """
+  x: np.ndarray
+  y: np.ndarray
+  supersampling: int
+  pixel_area: float
+  psf_taps: np.ndarray | None
+  psf_kernel: np.ndarray | None
+
+  @classmethod
+  def from_config(cls, config: SimConfig) -> Optics:
+    centres = instrument.pixel_centres(config.image_size, config.pixel_scale, config.supersampling)
+    taps = kernel = None
+    if config.psf == "gaussian":
+      taps = instrument.gaussian_psf_taps(config.psf_fwhm, config.pixel_scale, config.psf_truncation)
+    elif config.psf == "moffat":
+      kernel = instrument.moffat_psf_kernel(config.psf_fwhm, config.moffat_beta, config.pixel_scale,
+                                            config.psf_truncation)
+    return cls(centres, centres, config.supersampling, config.pixel_scale**2, taps, kernel)
+
+  def pixelise(self, surface_brightness: jax.Array) -> jax.Array:
+    """(H*ss, W*ss) surface brightness (counts/arcsec^2) -> PSF-convolved (H, W) pixel counts."""
+    # The barrier keeps XLA from fusing the profile evaluation into the PSF stencil (recomputing it per tap).
+    surface_brightness = jax.lax.optimization_barrier(surface_brightness)
+    pixels = instrument.bin_supersampled(surface_brightness, self.supersampling) * np.float32(self.pixel_area)
+    if self.psf_taps is not None:
+      return instrument.convolve_separable(pixels, self.psf_taps)
+    if self.psf_kernel is not None:
+      return instrument.convolve_kernel(pixels, self.psf_kernel)
+    return pixels
+
+
+def _sum_over_slots(profile, slots: int, like: jax.Array) -> jax.Array:
+  """sum_k profile(k) for k < slots, as an XLA loop (one profile evaluation per step, over the whole batch).
+
+  A `vmap` over the slots followed by `sum` compiles (XLA CPU, jax 0.10) to a single-threaded reduction that
+  evaluates the profiles inside it, about 2x slower per profile than this loop of parallel elementwise passes.
+  """
+  if slots == 0:
+    return jnp.zeros_like(like)
+  return jax.lax.fori_loop(0, slots, lambda k, total: total + profile(k), jnp.zeros_like(like))
+
+
+def render_scene(scene: dict[str, jax.Array], optics: Optics) -> dict[str, jax.Array]:
+  """Noiseless (H, W) float32 pixel images of one scene: `lens` light, lensed `arcs`, `field` galaxies.
+
+  The source (Sersic + clumps) is evaluated at beta = theta - alpha_SIE - alpha_shear; the shear is centred on
+  the lens. PSF and pixelisation are linear, so each component is convolved once and `observed` is their sum.
+  """
+  x, y = jnp.asarray(optics.x)[None, :], jnp.asarray(optics.y)[:, None]
+  s = scene
+  lens_light = profiles.sersic_ellipse(x, y, s["lens_amp"], s["lens_R_sersic"], s["lens_n_sersic"],
+                                       s["light_e1"], s["light_e2"], s["lens_center_x"], s["lens_center_y"])
+  sie_x, sie_y = profiles.sie_deflection(x, y, s["theta_E"], s["lens_e1"], s["lens_e2"],
+                                         s["lens_center_x"], s["lens_center_y"])
+  shear_x, shear_y = profiles.shear_deflection(x, y, s["gamma1"], s["gamma2"],
+                                               s["lens_center_x"], s["lens_center_y"])
+  # Materialised once: otherwise XLA recomputes the deflection inside each of the source's profiles.
+  beta_x, beta_y = jax.lax.optimization_barrier((x - sie_x - shear_x, y - sie_y - shear_y))
+  source_light = profiles.sersic_ellipse(beta_x, beta_y, s["source_amp"], s["source_R_sersic"],
+                                         s["source_n_sersic"], s["source_e1"], s["source_e2"],
+                                         s["source_x"], s["source_y"])
+  source_light = source_light + _sum_over_slots(
+      lambda k: profiles.gaussian(beta_x, beta_y, s["clump_flux"][k], s["clump_sigma"][k], s["clump_x"][k],
+                                  s["clump_y"][k]), s["clump_flux"].shape[-1], source_light)
+  field_light = _sum_over_slots(
+      lambda k: profiles.sersic_ellipse(x, y, s["field_amp"][k], s["field_R_sersic"][k], s["field_n_sersic"][k],
+                                        s["field_e1"][k], s["field_e2"][k], s["field_x"][k], s["field_y"][k]),
+      s["field_amp"].shape[-1], lens_light)
+  images = dict(lens=optics.pixelise(lens_light), arcs=optics.pixelise(source_light))
+  images["field"] = optics.pixelise(field_light) if s["field_amp"].shape[-1] else jnp.zeros_like(images["lens"])
+  return images
+
+
+def scene_to_lenstronomy(scene: dict[str, np.ndarray],
+                         keep_empty_slots: bool = False) -> dict[str, tuple[list[str], list[dict]]]:
+  """One scene (numpy scalars and slot arrays, as `Simulator.scenes` returns per image) as lenstronomy kwargs.
+
+  Returns {'lens': (model list, kwargs list), 'lens_light': ..., 'source_light': ..., 'field_light': ...}
+  for `LensModel`, `LightModel` and `ImageModel`: SIE + SHEAR; SERSIC_ELLIPSE lens light; SERSIC_ELLIPSE +
+  GAUSSIAN clumps as source; SERSIC_ELLIPSE field galaxies (unlensed, so add them as extra lens light).
+  Unused slots (zero flux) are left out unless `keep_empty_slots` (then the model lists have fixed lengths).
+  """
+  f = {name: np.asarray(value, dtype=np.float64) for name, value in scene.items()}
+  lens = (["SIE", "SHEAR"], [
+      dict(theta_E=f["theta_E"].item(), e1=f["lens_e1"].item(), e2=f["lens_e2"].item(),
+           center_x=f["lens_center_x"].item(), center_y=f["lens_center_y"].item()),
+      dict(gamma1=f["gamma1"].item(), gamma2=f["gamma2"].item(),
+           ra_0=f["lens_center_x"].item(), dec_0=f["lens_center_y"].item())])
+  lens_light = (["SERSIC_ELLIPSE"], [dict(
+      amp=f["lens_amp"].item(), R_sersic=f["lens_R_sersic"].item(), n_sersic=f["lens_n_sersic"].item(),
+      e1=f["light_e1"].item(), e2=f["light_e2"].item(),
+      center_x=f["lens_center_x"].item(), center_y=f["lens_center_y"].item())])
+  source_models, source_kwargs = ["SERSIC_ELLIPSE"], [dict(
+      amp=f["source_amp"].item(), R_sersic=f["source_R_sersic"].item(), n_sersic=f["source_n_sersic"].item(),
+      e1=f["source_e1"].item(), e2=f["source_e2"].item(),
+      center_x=f["source_x"].item(), center_y=f["source_y"].item())]
+  for i in range(len(f["clump_flux"])) if keep_empty_slots else np.flatnonzero(f["clump_flux"] > 0):
+    source_models.append("GAUSSIAN")
+    source_kwargs.append(dict(amp=f["clump_flux"][i], sigma=f["clump_sigma"][i],
+                              center_x=f["clump_x"][i], center_y=f["clump_y"][i]))
+  field_models, field_kwargs = [], []
+  for i in range(len(f["field_flux"])) if keep_empty_slots else np.flatnonzero(f["field_flux"] > 0):
+    field_models.append("SERSIC_ELLIPSE")
+    field_kwargs.append(dict(amp=f["field_amp"][i], R_sersic=f["field_R_sersic"][i],
+                             n_sersic=f["field_n_sersic"][i], e1=f["field_e1"][i], e2=f["field_e2"][i],
+                             center_x=f["field_x"][i], center_y=f["field_y"][i]))
+  return dict(lens=lens, lens_light=lens_light, source_light=(source_models, source_kwargs),
+              field_light=(field_models, field_kwargs))

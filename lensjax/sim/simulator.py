@@ -1,0 +1,276 @@
+"""`Simulator`: images, masks and parameters for any image indices, deterministic by (seed, index).
+
+    sim = Simulator(SimConfig(), seed=0)
+    batch = sim.render(np.arange(64))
+    batch["observed"], batch["lens"], batch["arcs"]   # (64, H, W) float32 counts; lens/arcs noiseless
+    batch["masks"]                                     # (64, H, W, 2) uint8, (lens, arcs)
+    batch["params"]["theta_E"]                         # (64,) float32, one entry per parameter
+
+Every image is a pure function of (seed, index): its random key is `fold_in(key(seed), index)`, so an index
+gives the same bits in any batch, order or process. Requests are cut into chunks of at most
+`config.max_batch` images and each chunk is padded to a power of two, so at most log2(max_batch) + 1
+compilations of one `jit(vmap(...))` happen per simulator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lensjax.config import SimConfig
+from lensjax.sim import instrument, masks, scenes
+
+# Per-image parameters that `render` measures on the images, beside the scene's scalars.
+MEASURED_KEYS = ("arc_flux", "arc_peak", "arc_snr", "magnification", "lens_mask_pixels", "arc_mask_pixels")
+PARAM_KEYS = scenes.SCENE_SCALAR_KEYS + MEASURED_KEYS
+MAX_INDEX = 2**32 - 1   # indices are folded into the key as uint32
+MASK_GROUP = 8          # images per vectorised mask search (see `_render_batch`)
+
+
+def _require(config: SimConfig, name: str, low: float, high: float, *, low_open: bool = False,
+             high_open: bool = False) -> None:
+  value = getattr(config, name)
+  above_low = value > low if low_open else value >= low
+  below_high = value < high if high_open else value <= high
+  if not (above_low and below_high):   # also false for NaN
+    bracket = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
+    raise ValueError(f"config.sim.{name} must lie in {bracket}; got {value!r}")
+
+
+def _require_ordered(config: SimConfig, low_name: str, high_name: str) -> None:
+  if getattr(config, low_name) > getattr(config, high_name):
+    raise ValueError(f"config.sim.{low_name} ({getattr(config, low_name)!r}) must not exceed "
+                     f"config.sim.{high_name} ({getattr(config, high_name)!r})")
+
+
+def _require_choice(config: SimConfig, name: str, choices: Sequence[str]) -> None:
+  if getattr(config, name) not in choices:
+    raise ValueError(f"config.sim.{name} must be one of {', '.join(map(repr, choices))}; "
+                     f"got {getattr(config, name)!r}")
+
+
+def check_config(config: SimConfig) -> None:
+  """Raises ValueError naming the first `SimConfig` field outside its allowed range (NaN included)."""
+  for name in ("image_size", "supersampling", "num_exposures", "clumps_max", "field_galaxies_max", "max_batch"):
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+      raise ValueError(f"config.sim.{name} must be an integer; got {value!r}")
+  _require(config, "image_size", 1, 4096)
+  _require(config, "pixel_scale", 0, 10, low_open=True)
+  _require(config, "supersampling", 1, 16)
+  _require_choice(config, "psf", ("none", "gaussian", "moffat"))
+  _require(config, "psf_fwhm", 0, 100, low_open=True)
+  _require(config, "psf_truncation", 0, 50, low_open=True)
+  _require(config, "moffat_beta", 1, 100, low_open=True)
+  _require_choice(config, "noise", ("none", "gaussian", "poisson"))
+  _require(config, "exposure_time", 0, 1e9, low_open=True)
+  _require(config, "num_exposures", 1, 100_000)
+  _require(config, "read_noise", 0, 1e6)
+  for name in ("sky_brightness", "magnitude_zero_point", "counts_zero_point"):
+    _require(config, name, -100, 100)
+  _require(config, "lens_fraction", 0, 1)
+  _require(config, "theta_E_min", 0, 10)
+  _require(config, "theta_E_max", 0, 10)
+  _require_ordered(config, "theta_E_min", "theta_E_max")
+  _require(config, "mass_q_min", 0.05, 1)
+  _require(config, "lens_center_sigma", 0, 10)
+  _require(config, "shear_sigma", 0, 1)
+  _require(config, "shear_max", 0, 0.5)
+  _require(config, "light_misalignment_sigma", 0, 1)
+  for prefix in ("lens", "source", "field"):
+    _require(config, f"{prefix}_R_sersic_min", 0, 100, low_open=True)
+    _require(config, f"{prefix}_R_sersic_max", 0, 100, low_open=True)
+    _require_ordered(config, f"{prefix}_R_sersic_min", f"{prefix}_R_sersic_max")
+    _require(config, f"{prefix}_n_sersic_min", 0.3, 10)
+    _require(config, f"{prefix}_n_sersic_max", 0.3, 10)
+    _require_ordered(config, f"{prefix}_n_sersic_min", f"{prefix}_n_sersic_max")
+  _require(config, "lens_log10_flux_min", -10, 15)
+  _require(config, "lens_log10_flux_max", -10, 15)
+  _require_ordered(config, "lens_log10_flux_min", "lens_log10_flux_max")
+  _require(config, "source_position_max", 0, 10)
+  _require(config, "source_e_sigma", 0, 1)
+  _require(config, "source_e_max", 0, 0.9)
+  _require(config, "source_log10_flux_ratio_min", -10, 10)
+  _require(config, "source_log10_flux_ratio_max", -10, 10)
+  _require_ordered(config, "source_log10_flux_ratio_min", "source_log10_flux_ratio_max")
+  _require(config, "clumps_max", 0, 16)
+  _require(config, "clump_sigma_min", 0, 10, low_open=True)
+  _require(config, "clump_sigma_max", 0, 10, low_open=True)
+  _require_ordered(config, "clump_sigma_min", "clump_sigma_max")
+  _require(config, "clump_offset_max", 0, 10)
+  _require(config, "clump_flux_fraction_min", 0, 1)
+  _require(config, "clump_flux_fraction_max", 0, 1)
+  _require_ordered(config, "clump_flux_fraction_min", "clump_flux_fraction_max")
+  _require(config, "field_galaxies_mean", 0, 1000)
+  _require(config, "field_galaxies_max", 0, 64)
+  _require(config, "field_e_sigma", 0, 1)
+  _require(config, "field_log10_flux_mean", -10, 15)
+  _require(config, "field_log10_flux_sigma", 0, 5)
+  _require_choice(config, "mask_rule", masks.MASK_RULES)
+  _require(config, "lens_mask_percentile", 0, 100, high_open=True)
+  _require(config, "arc_mask_percentile", 0, 100, high_open=True)
+  _require(config, "mask_noise_k", 0, 1e6, low_open=True)
+  _require(config, "mask_peak_fraction", 0, 1, low_open=True)
+  _require(config, "max_batch", 1, 4096)
+  if config.max_batch & (config.max_batch - 1):
+    raise ValueError(f"config.sim.max_batch must be a power of two; got {config.max_batch}")
+
+
+def noise_model(config: SimConfig) -> instrument.NoiseModel:
+  """The detector and sky of `config` (used for noise, the 'noise' mask rule and `arc_snr`)."""
+  return instrument.NoiseModel.from_exposure(
+      exposure_time=config.exposure_time, num_exposures=config.num_exposures, read_noise=config.read_noise,
+      sky_brightness=config.sky_brightness, magnitude_zero_point=config.magnitude_zero_point,
+      counts_zero_point=config.counts_zero_point, pixel_scale=config.pixel_scale)
+
+
+def mask_rule(config: SimConfig) -> masks.MaskRule:
+  """The mask rule of `config`, with the noise model's background sigma for the 'noise' rule."""
+  return masks.MaskRule(rule=config.mask_rule, lens_percentile=config.lens_mask_percentile,
+                        arc_percentile=config.arc_mask_percentile, noise_k=config.mask_noise_k,
+                        noise_sigma=noise_model(config).background_sigma, peak_fraction=config.mask_peak_fraction)
+
+
+def bucket_size(count: int, max_batch: int) -> int:
+  """The compiled batch size that serves `count` (1 <= count <= max_batch) images: the next power of two."""
+  return min(max_batch, 1 << max(count - 1, 0).bit_length())
+
+
+def _check_indices(indices: np.ndarray | Sequence[int]) -> np.ndarray:
+  array = np.asarray(indices)
+  if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
+    raise ValueError(f"indices must be a 1-D array of integers; got shape {array.shape}, dtype {array.dtype}")
+  if array.size and (array.min() < 0 or array.max() > MAX_INDEX):
+    raise ValueError(f"indices must lie in [0, {MAX_INDEX}]; got values in [{array.min()}, {array.max()}]")
+  return array.astype(np.uint32)
+
+
+class Simulator:
+  """Renders lens/non-lens scenes drawn from the priors of a `SimConfig`, deterministically by index.
+
+  Attributes:
+    config: the (checked) simulator config.
+    seed: the dataset seed; with an index it fixes an image.
+    optics, noise, masks: the pixel grid and PSF, the detector noise model and the mask rule of `config`.
+  """
+
+  def __init__(self, config: SimConfig, seed: int):
+    check_config(config)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+      raise ValueError(f"seed must be an integer in [0, 2^32); got {seed!r}")
+    self.config = dataclasses.replace(config)
+    self.seed = int(seed)
+    self.optics = scenes.Optics.from_config(config)
+    self.noise = noise_model(config)
+    self.masks = mask_rule(config)
+    # Images are independent, so a batch is split over the local devices (e.g. several CPU devices, one per
+    # core: XLA runs the per-image mask search single-threaded, so one CPU device leaves cores idle).
+    self.devices = jax.local_devices()
+    self._mesh = jax.sharding.Mesh(np.array(self.devices), ("images",))
+    self._render_jit = jax.jit(self._render_batch)
+    self._render_sharded_jit = jax.jit(jax.shard_map(
+        self._render_batch, mesh=self._mesh, in_specs=jax.P("images"), out_specs=jax.P("images"),
+        check_vma=False))
+    self._scenes_jit = jax.jit(self._scenes_batch)
+
+  def _image_keys(self, indices: jax.Array) -> jax.Array:
+    base = jax.random.key(self.seed)
+    return jax.vmap(lambda index: jax.random.fold_in(base, index))(indices)
+
+  def _scenes_batch(self, indices: jax.Array) -> dict[str, jax.Array]:
+    scene_keys = jax.vmap(lambda key: jax.random.fold_in(key, 0))(self._image_keys(indices))
+    return jax.vmap(lambda key: scenes.sample_scene(key, self.config))(scene_keys)
+
+  def _render_batch(self, indices: jax.Array) -> dict[str, jax.Array]:
+    image_keys = self._image_keys(indices)
+    noise_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(image_keys)
+    batch_scenes = self._scenes_batch(indices)
+    images = jax.vmap(lambda scene: scenes.render_scene(scene, self.optics))(batch_scenes)
+    lens, arcs = images["lens"], images["arcs"]
+    observed = lens + arcs + images["field"]
+    if self.config.noise == "gaussian":
+      observed = jax.vmap(self.noise.add_gaussian)(noise_keys, observed)
+    elif self.config.noise == "poisson":
+      observed = jax.vmap(self.noise.add_poisson)(noise_keys, observed)
+    # In groups of MASK_GROUP images: each group's search loop runs until its slowest image is done, and a
+    # small group ends sooner than the whole batch (measured 1.6x faster than one vmap over 128 images).
+    mask_pairs = jax.lax.map(lambda pair: self.masks.apply_jnp(*pair), (lens, arcs), batch_size=MASK_GROUP)
+    params = {name: batch_scenes[name] for name in scenes.SCENE_SCALAR_KEYS}
+    params.update(self._measure(batch_scenes, lens, arcs, images["field"], mask_pairs))
+    return dict(observed=observed, lens=lens, arcs=arcs, masks=mask_pairs.astype(jnp.uint8), params=params)
+
+  def _measure(self, batch_scenes, lens, arcs, field, mask_pairs) -> dict[str, jax.Array]:
+    """Per-image arc brightness measures and mask sizes, (B,) float32 each."""
+    arc_flux = arcs.sum(axis=(1, 2))
+    # Matched-filter S/N of the arcs against the configured noise model (applied or not):
+    # sqrt(sum arcs^2 / sigma^2), sigma^2 = background^2 + shot noise of the whole noiseless image.
+    variance = self.noise.background_sigma**2 + (lens + arcs + field) / self.noise.electrons_per_count
+    source_flux = batch_scenes["source_flux"]
+    return dict(
+        arc_flux=arc_flux,
+        arc_peak=arcs.max(axis=(1, 2)),
+        arc_snr=jnp.sqrt((arcs * arcs / variance).sum(axis=(1, 2))),
+        magnification=jnp.where(source_flux > 0, arc_flux / jnp.maximum(source_flux, 1e-30), 0.0),
+        lens_mask_pixels=mask_pairs[..., 0].sum(axis=(1, 2)).astype(jnp.float32),
+        arc_mask_pixels=mask_pairs[..., 1].sum(axis=(1, 2)).astype(jnp.float32))
+
+  def _chunks(self, indices: np.ndarray):
+    """Yields (padded uint32 chunk, number of real images) for the compiled batch sizes.
+
+    A request of up to max_batch images is padded to the next power of two; a longer one is cut into chunks
+    of max_batch, its tail padded to max_batch too, so it needs no compilation beyond that one size.
+    """
+    for start in range(0, len(indices), self.config.max_batch):
+      chunk = indices[start:start + self.config.max_batch]
+      bucket = self.config.max_batch if len(indices) > self.config.max_batch else bucket_size(
+          len(chunk), self.config.max_batch)
+      padding = bucket - len(chunk)
+      yield np.concatenate([chunk, np.repeat(chunk[-1:], padding)]), len(chunk)
+
+  def _render_chunk(self, chunk: np.ndarray) -> dict[str, jax.Array]:
+    """Starts rendering one padded chunk, split over the local devices when it divides evenly."""
+    if len(self.devices) > 1 and len(chunk) % len(self.devices) == 0:
+      sharding = jax.sharding.NamedSharding(self._mesh, jax.P("images"))
+      return self._render_sharded_jit(jax.device_put(chunk, sharding))
+    return self._render_jit(jnp.asarray(chunk))
+
+  def render(self, indices: np.ndarray | Sequence[int]) -> dict:
+    """Images, masks and parameters of the images `indices` (1-D integers in [0, 2^32)).
+
+    Returns:
+      observed: (N, H, W) float32, lens + arcs + field galaxies (+ noise if configured), counts per pixel.
+      lens, arcs: (N, H, W) float32 noiseless lens light and lensed source light (zero for non-lenses).
+      masks: (N, H, W, 2) uint8 (lens, arcs) from the configured rule on the noiseless channels.
+      params: dict of (N,) float32 arrays: the scene scalars (`scenes.SCENE_SCALAR_KEYS`: is_lens, theta_E,
+        positions, ellipticities, shear, Sersic parameters, amplitudes, lens_flux and source_flux in counts,
+        n_clumps, n_field_galaxies) and measured ones: arc_flux (counts in the stamp), arc_peak (counts per
+        pixel), arc_snr (matched-filter S/N of the arcs against the configured noise model, applied or not),
+        magnification (arc_flux / source_flux, 0 for non-lenses), lens_mask_pixels, arc_mask_pixels.
+    """
+    indices = _check_indices(indices)
+    size = self.config.image_size
+    if not len(indices):
+      empty = np.zeros((0, size, size), np.float32)
+      return dict(observed=empty, lens=empty.copy(), arcs=empty.copy(),
+                  masks=np.zeros((0, size, size, 2), np.uint8),
+                  params={name: np.zeros(0, np.float32) for name in PARAM_KEYS})
+    # Dispatch every chunk before reading any back, so rendering overlaps the copies out.
+    pending = [(self._render_chunk(chunk), count) for chunk, count in self._chunks(indices)]
+    parts = [jax.tree.map(lambda a, n=count: np.asarray(a)[:n], out) for out, count in pending]
+    return jax.tree.map(lambda *arrays: np.concatenate(arrays), *parts)
+
+  def scenes(self, indices: np.ndarray | Sequence[int]) -> dict[str, np.ndarray]:
+    """The sampled scenes of `indices`: (N,) scalars and (N, slots) clump and field-galaxy arrays.
+
+    `scenes.scene_to_lenstronomy({k: v[i] for k, v in out.items()})` gives lenstronomy kwargs of image i.
+    """
+    indices = _check_indices(indices)
+    if not len(indices):
+      raise ValueError("scenes() needs at least one index")
+    parts = [jax.tree.map(lambda a, n=count: np.asarray(a)[:n], self._scenes_jit(jnp.asarray(chunk)))
+             for chunk, count in self._chunks(indices)]
+    return jax.tree.map(lambda *arrays: np.concatenate(arrays), *parts)
