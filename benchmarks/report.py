@@ -56,7 +56,7 @@ def model_label(config: dict[str, Any]) -> str:
   label = f"{model['name']} width {model['width']:g}"
   if model["name"] == "isnet":
     label += f" depth {model['depth']}"
-  return f"{label}, {model['dtype']}"
+  return f"{label}, {model['dtype']}, {config['data']['source']} data"
 
 
 def group_label(record: dict[str, Any]) -> str:
@@ -144,8 +144,18 @@ def markdown(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def launch(point: dict[str, Any]) -> str:
+  """How a point's devices were driven: the series it is drawn in."""
+  if point["processes"] == 1:
+    return "1 process"
+  if point["devices_per_process"] == 1:
+    return "1 process per device"
+  return f"{point['devices_per_process']} devices per process"
+
+
 def plot(rows: list[dict[str, Any]], out_dir: pathlib.Path) -> list[pathlib.Path]:
-  """Images/s and efficiency against devices (and against nodes when a group spans several); ideal lines drawn."""
+  """Images/s and efficiency against devices (and against nodes when a group spans several node counts): one
+  colour per group, one marker per launch layout, the group's ideal line dashed."""
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
@@ -153,38 +163,48 @@ def plot(rows: list[dict[str, Any]], out_dir: pathlib.Path) -> list[pathlib.Path
   groups: dict[tuple, list[dict[str, Any]]] = {}
   for row in rows:
     groups.setdefault(row["group"], []).append(row)
-  written = []
   axes_specs = [("devices", "devices (GPUs, or fake CPU devices)", "scaling_devices.png")]
   if any(len({r["point"]["nodes"] for r in g}) > 1 for g in groups.values()):
-    axes_specs.append(("nodes", "nodes", "scaling_nodes.png"))
+    axes_specs.append(("nodes", "nodes (the point with the most devices at each node count)", "scaling_nodes.png"))
+  markers = {"1 process": "o", "1 process per device": "s"}
+  written = []
   for axis, xlabel, filename in axes_specs:
     figure, (ax_rate, ax_eff) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for group_rows in groups.values():
-      points = _points_for_axis(group_rows, axis)
-      if len(points) < 1:
-        continue
-      xs = [p[0] for p in points]
-      rates = [p[1]["point"]["train"]["images_per_s"] for p in points]
-      base_x, base_rate = xs[0], rates[0]
-      base_per_device = points[0][1]["point"]["train"]["images_per_s_per_device"]
-      efficiency = [p[1]["point"]["train"]["images_per_s_per_device"] / base_per_device for p in points]
-      label = group_rows[0]["short_label"]
-      line, = ax_rate.plot(xs, rates, "o-", label=label)
-      ideal = [base_rate * x / base_x for x in xs]
-      ax_rate.plot(xs, ideal, "--", color=line.get_color(), alpha=0.5)
-      ax_eff.plot(xs, efficiency, "o-", color=line.get_color(), label=label)
+    ticks = set()
+    for index, group_rows in enumerate(groups.values()):
+      colour = f"C{index}"
+      chosen = group_rows if axis == "devices" else _most_devices_per_node_count(group_rows)
+      base = chosen[0]
+      base_x = base["point"][axis]
+      base_rate = base["point"]["train"]["images_per_s"]
+      xs = sorted({r["point"][axis] for r in chosen})
+      ticks.update(xs)
+      ax_rate.plot(xs, [base_rate * x / base_x for x in xs], "--", color=colour, alpha=0.5)
+      series: dict[str, list[dict[str, Any]]] = {}
+      for row in chosen:
+        series.setdefault(launch(row["point"]) if axis == "devices" else "nodes", []).append(row)
+      for name, series_rows in series.items():
+        series_rows = sorted(series_rows, key=lambda r: r["point"][axis])
+        x = [r["point"][axis] for r in series_rows]
+        label = f"{group_rows[0]['short_label']}: {name}"
+        marker = markers.get(name, "^")
+        ax_rate.plot(x, [r["point"]["train"]["images_per_s"] for r in series_rows], marker + "-", color=colour,
+                     label=label)
+        efficiency = [r["point"]["train"]["images_per_s_per_device"] / base["point"]["train"]["images_per_s_per_device"]
+                      for r in series_rows]
+        ax_eff.plot(x, efficiency, marker + "-", color=colour, label=label)
     ax_eff.axhline(1.0, color="grey", linestyle="--", label="ideal (linear scaling)")
-    ax_rate.plot([], [], "--", color="grey", label="ideal: linear from the first point")
+    ax_rate.plot([], [], "--", color="grey", label="ideal: linear from the group's first point")
     for ax in (ax_rate, ax_eff):
       ax.set_xscale("log", base=2)
+      ax.set_xticks(sorted(ticks), [str(t) for t in sorted(ticks)])
       ax.set_xlabel(xlabel)
       ax.grid(True, which="both", alpha=0.3)
+      ax.legend(fontsize=7)
     ax_rate.set_yscale("log")
     ax_rate.set_ylabel("training images/s (total)")
     ax_eff.set_ylabel("scaling efficiency (images/s per device / first point's)")
     ax_eff.set_ylim(bottom=0)
-    ax_rate.legend(fontsize=7)
-    ax_eff.legend(fontsize=7)
     cpu = any(r["point"]["platform"] == "cpu" for r in rows)
     figure.suptitle("lensjax training throughput (measured)" +
                     (" -- CPU fake devices share cores: overhead, not speed-up" if cpu else ""), fontsize=10)
@@ -196,19 +216,13 @@ def plot(rows: list[dict[str, Any]], out_dir: pathlib.Path) -> list[pathlib.Path
   return written
 
 
-def _points_for_axis(group_rows: list[dict[str, Any]], axis: str) -> list[tuple[int, dict[str, Any]]]:
-  """(x, row) sorted by x; against nodes, the row with the most devices at each node count."""
-  if axis == "devices":
-    chosen: dict[int, dict[str, Any]] = {}
-    for row in group_rows:   # the first of equal device counts (fewest nodes, then processes) stands for them
-      chosen.setdefault(row["point"]["devices"], row)
-  else:
-    chosen = {}
-    for row in group_rows:
-      nodes = row["point"]["nodes"]
-      if nodes not in chosen or row["point"]["devices"] > chosen[nodes]["point"]["devices"]:
-        chosen[nodes] = row
-  return sorted(chosen.items())
+def _most_devices_per_node_count(group_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  chosen: dict[int, dict[str, Any]] = {}
+  for row in group_rows:
+    nodes = row["point"]["nodes"]
+    if nodes not in chosen or row["point"]["devices"] > chosen[nodes]["point"]["devices"]:
+      chosen[nodes] = row
+  return [chosen[n] for n in sorted(chosen)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -262,6 +262,8 @@ def plot(results: list[dict[str, Any]], measured: dict[str, list[tuple[int, floa
               label=f"{model}: measured on GPUs")
   ax.axhline(1.0, color="grey", linestyle=":", label="ideal (linear scaling)")
   ax.set_xscale("log", base=2)
+  all_nodes = sorted({r["nodes"] for result in results for r in result["rows"]})
+  ax.set_xticks(all_nodes, [str(n) for n in all_nodes])
   ax.set_xlabel("Perlmutter nodes (4 A100 each)")
   ax.set_ylabel("data-parallel efficiency (compute / step time)")
   ax.set_ylim(0, 1.05)

@@ -255,7 +255,8 @@ def synthetic_batch(example_batch: dict[str, np.ndarray], seed: int) -> dict[str
 
 
 def _allgather(values: np.ndarray) -> np.ndarray:
-  """(processes, ...) stack of every process's `values`."""
+  """(processes, ...) stack of every process's `values`, through the devices: float32, int32 or uint8 only
+  (without jax_enable_x64, wider types would be narrowed on the way)."""
   import jax
   from jax.experimental import multihost_utils
   if jax.process_count() == 1:
@@ -289,7 +290,7 @@ def time_input_pipeline(config: cfg.Config, per_process_batch: int, batches: int
 
 
 def _time_steps(run_step, count: int) -> np.ndarray:
-  """Wall seconds of `count` calls of `run_step()`, each waited for."""
+  """Wall seconds of the calls `run_step(0)` ... `run_step(count - 1)`, each waited for."""
   import jax
   seconds = np.empty(count)
   for i in range(count):
@@ -318,7 +319,8 @@ def _memory(compiled, devices) -> dict[str, Any]:
   stats = [d.memory_stats() for d in devices]
   if all(s and "peak_bytes_in_use" in s for s in stats):
     return {"peak_bytes": int(max(s["peak_bytes_in_use"] for s in stats)),
-            "source": "device.memory_stats()['peak_bytes_in_use'], max over devices"}
+            "source": "device.memory_stats()['peak_bytes_in_use'] since the process started (simulator renders "
+                      "included), max over devices"}
   analysis = compiled.memory_analysis()
   total = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
            + analysis.temp_size_in_bytes)
@@ -411,10 +413,10 @@ def measure_point(config: cfg.Config, args: argparse.Namespace) -> dict[str, Any
     phases["eval"] = (eval_compiled, eval_seconds, compiled_at - traced, traced - start)
 
   memory = _memory(train_compiled, devices)
-  peak_bytes = _allgather(np.array(memory["peak_bytes"], np.int64))
+  peak_bytes = _allgather(np.array(memory["peak_bytes"], np.float32))     # float32: exact to 1 part in 1e7
   nodes = _allgather_strings(node_name())
   hosts = _allgather_strings(socket.gethostname())
-  pipeline_rates = _allgather(np.array(pipeline["images_per_s"] or np.nan, np.float64))
+  pipeline_rates = _allgather(np.array(pipeline["images_per_s"] or np.nan, np.float32))
 
   point = {
       "processes": num_processes, "devices": num_devices, "devices_per_process": len(devices),
@@ -426,7 +428,8 @@ def measure_point(config: cfg.Config, args: argparse.Namespace) -> dict[str, Any
       "load_average_before": [round(x, 2) for x in load_before],
   }
   for name, (compiled, seconds, compile_s, trace_s) in phases.items():
-    point[name] = _phase_record(compiled, _allgather(seconds), compile_s, trace_s, global_batch, num_devices, peak)
+    point[name] = _phase_record(compiled, _allgather(seconds.astype(np.float32)), compile_s, trace_s, global_batch,
+                                num_devices, peak)
   needed = point["train"]["images_per_s"] / num_processes
   slowest = float(np.nanmin(pipeline_rates)) if np.isfinite(pipeline_rates).any() else None
   point["input_pipeline"] = {
@@ -510,14 +513,24 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _detect_platform() -> tuple[str, int]:
-  """(backend, devices visible to one process) without holding GPU memory that the children need."""
-  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  import jax
-  return jax.default_backend(), jax.device_count()
+def _detect_platform() -> tuple[str, list[str]]:
+  """(backend, ids of the GPUs the children may use) without holding GPU memory that the children need."""
+  saved = os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")
+  os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"    # read once, when the backend starts
+  try:
+    import jax
+    backend, count = jax.default_backend(), jax.device_count()
+  finally:
+    if saved is None:
+      del os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"]
+    else:
+      os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = saved
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+  gpu_ids = visible.split(",") if visible else [str(i) for i in range(count)]
+  return backend, gpu_ids if backend == "gpu" else []
 
 
-def _child_env(platform_name: str, devices_per_process: int, process_id: int) -> dict[str, str]:
+def _child_env(platform_name: str, devices_per_process: int, process_id: int, gpu_ids: list[str]) -> dict[str, str]:
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
   if platform_name == "cpu":
@@ -528,7 +541,7 @@ def _child_env(platform_name: str, devices_per_process: int, process_id: int) ->
     env["XLA_FLAGS"] = " ".join(flags)
   else:
     first = process_id * devices_per_process
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(devices_per_process))
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids[first:first + devices_per_process])
   for name in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
                "LENSJAX_COORDINATOR_ADDRESS", "LENSJAX_NUM_PROCESSES", "LENSJAX_PROCESS_ID"):
     env.pop(name, None)   # children form their own job, never the caller's
@@ -555,9 +568,9 @@ def _child_argv(argv: list[str]) -> list[str]:
 def sweep(args: argparse.Namespace, config: cfg.Config, argv: list[str]) -> pathlib.Path:
   """Runs every device count of `--devices` as `--processes` local processes; writes one merged record."""
   counts = device_counts(args.devices, args.processes, args.batch_size, args.scaling)
-  platform_name, visible = _detect_platform()
-  if platform_name != "cpu" and max(counts) > visible:
-    raise ValueError(f"--devices={args.devices}: only {visible} {platform_name} devices are visible")
+  platform_name, gpu_ids = _detect_platform()
+  if platform_name != "cpu" and max(counts) > len(gpu_ids):
+    raise ValueError(f"--devices={args.devices}: only {len(gpu_ids)} {platform_name} devices are visible")
   points, child_records = [], []
   with tempfile.TemporaryDirectory(prefix="lensjax-throughput-") as tmp:
     for count in counts:
@@ -571,8 +584,8 @@ def sweep(args: argparse.Namespace, config: cfg.Config, argv: list[str]) -> path
         if args.processes > 1:
           command += ["--coordinator-address", f"127.0.0.1:{port}", "--num-processes", str(args.processes),
                       "--process-id", str(process_id)]
-        children.append(subprocess.Popen(command, cwd=REPO_ROOT, env=_child_env(platform_name, per_process,
-                                                                                 process_id),
+        children.append(subprocess.Popen(command, cwd=REPO_ROOT,
+                                         env=_child_env(platform_name, per_process, process_id, gpu_ids),
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
       outputs = []
       for child in children:
