@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from lensjax import config as cfg
-from lensjax import data, metrics, models, parallel, progress, train_step
+from lensjax import data, feature_sync, metrics, models, parallel, progress, train_step
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -110,7 +110,9 @@ def train_and_evaluate(config: cfg.Config, workdir: str | pathlib.Path) -> dict[
   graphdef, state = nnx.split((model, optimizer))
   state, state_sharding = train_step.place_state(state, mesh, config.train.fsdp)
   loss_fn = train_step.make_loss_fn(config)
-  train = train_step.compile_train_step(graphdef, loss_fn, mesh, state_sharding)
+  frozen = feature_sync.train_gt_encoder(config, mesh, workdir) if config.train.feature_sync else None
+  frozen_state = None if frozen is None else frozen.state
+  train = train_step.compile_train_step(graphdef, loss_fn, mesh, state_sharding, frozen)
   evaluate_step = train_step.compile_eval_step(graphdef, loss_fn, mesh, state_sharding)
 
   needs_edge = "edge" in model.input_keys
@@ -123,11 +125,13 @@ def train_and_evaluate(config: cfg.Config, workdir: str | pathlib.Path) -> dict[
   bar = progress.TrainingProgress(config.train.num_steps, enabled=parallel.is_main_process())
   window_start, window_images, window_sums, window_scalars = time.perf_counter(), 0, None, []
   pending = None       # the previous step's metrics: fetched one step late, so the host never stalls the device
-  final = {}
+  final = evaluate(evaluate_step, state, config, mesh)      # the untrained model: where the curves start
+  log.write(0, "val", final)
   with bar:
+    bar.report(0, final, config.data.targets)
     for step in range(1, config.train.num_steps + 1):
       batch = parallel.global_batch(next(train_iter), mesh)
-      state, step_metrics = train(state, None, batch, jax.random.fold_in(base_key, step))
+      state, step_metrics = train(state, frozen_state, batch, jax.random.fold_in(base_key, step))
       if pending is not None:
         window_scalars.append(_check_finite(*pending))
         window_sums = metrics.accumulate(window_sums, pending[1]["sums"])

@@ -96,9 +96,15 @@ def test_the_edge_map_is_computed_on_the_augmented_image():
   preprocess = transforms.Preprocessor(normalize="none", augment="d4", input_scaling="unit", with_edge=True)
   image = _blob_image(size=32)
   image[8:20, 4:12] = 1.0
+  mask = np.zeros((32, 32, 2), np.float32)
+  mask[8:20, 4:12, 0] = 1.0
   for seed in range(8):
-    out = preprocess({"image": image}, np.random.default_rng(seed))
+    out = preprocess({"image": image, "mask": mask}, np.random.default_rng(seed))
     np.testing.assert_array_equal(out["edge"], transforms.canny_edges(out["image"]))
+    # MSRF-Net's edge target: the Canny map of each (augmented) mask channel, on the mask's boundary.
+    assert out["mask_edge"].shape == (32, 32, 2)
+    np.testing.assert_array_equal(out["mask_edge"][..., :1], transforms.canny_edges(out["mask"][..., :1]))
+    assert out["mask_edge"][..., 0].sum() > 0 and out["mask_edge"][..., 1].sum() == 0
 
 
 @pytest.mark.parametrize("mode", ["unit", "centered", "standardize"])

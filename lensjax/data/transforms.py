@@ -162,7 +162,8 @@ class Preprocessor:
 
   A raw example holds `image` (H, W, C) float32 in the source's units, `mask` (H, W, K) float32 in {0, 1}
   (absent for unlabelled sources), and scalars (`index`, simulation metadata) that pass through unchanged.
-  The output `image` is (S, S, input_channels) float32; `mask` (S, S, K); `edge` (S, S, 1) if `with_edge`.
+  The output `image` is (S, S, input_channels) float32; `mask` (S, S, K); if `with_edge`, `edge` (S, S, 1) the
+  Canny map of the image and `mask_edge` (S, S, K) those of the masks.
   """
   normalize: str = "percentile"      # 'percentile', 'minmax' or 'none' ('auto' is resolved by the caller)
   normalize_percentile: float = 99.0
@@ -212,6 +213,9 @@ class Preprocessor:
     out["image"] = scale_input(image, self.input_scaling)
     if "mask" in spatial:
       out["mask"] = spatial["mask"]
+      if self.with_edge:   # MSRF-Net's edge-stream target: the Canny map of each mask channel
+        out["mask_edge"] = np.concatenate(
+            [canny_edges(spatial["mask"][..., k:k + 1]) for k in range(spatial["mask"].shape[-1])], axis=-1)
     return out
 
   def _augment(self, spatial: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
