@@ -91,6 +91,10 @@ def rows_from_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return [row for group_rows in by_group.values() for row in group_rows]
 
 
+def _efficiency(value: float) -> str:
+  return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
+
+
 def _fmt(value: float | None, spec: str) -> str:
   return "–" if value is None else format(value, spec)
 
@@ -111,7 +115,7 @@ def table_row(row: dict[str, Any]) -> str:
   cells = [
       str(point["nodes"]), f"{point['processes']} × {point['devices_per_process']}", str(point["global_batch"]),
       f"{step['median'] * 1e3:.1f} ({step['p10'] * 1e3:.1f}–{step['p90'] * 1e3:.1f})",
-      f"{train['images_per_s']:.1f}", f"{train['images_per_s_per_device']:.1f}", f"{row['efficiency']:.2f}",
+      f"{train['images_per_s']:.1f}", f"{train['images_per_s_per_device']:.1f}", _efficiency(row["efficiency"]),
       f"{train['flops_per_image'] / 1e9:.3g}", f"{train['achieved_flops_per_s'] / 1e9:.3g}",
       _fmt(None if fraction is None else 100 * fraction, ".2g"), f"{point['memory']['peak_bytes'] / 2**20:.1f}",
       f"{all_reduce['count']} / {all_reduce['bytes'] / 2**20:.2f}", f"{train['compile_s']:.1f}",
@@ -159,6 +163,7 @@ def plot(rows: list[dict[str, Any]], out_dir: pathlib.Path) -> list[pathlib.Path
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
+  from matplotlib import ticker
 
   groups: dict[tuple, list[dict[str, Any]]] = {}
   for row in rows:
@@ -202,6 +207,9 @@ def plot(rows: list[dict[str, Any]], out_dir: pathlib.Path) -> list[pathlib.Path
       ax.grid(True, which="both", alpha=0.3)
       ax.legend(fontsize=7)
     ax_rate.set_yscale("log")
+    plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    ax_rate.yaxis.set_major_formatter(plain)
+    ax_rate.yaxis.set_minor_formatter(plain)
     ax_rate.set_ylabel("training images/s (total)")
     ax_eff.set_ylabel("scaling efficiency (images/s per device / first point's)")
     ax_eff.set_ylim(bottom=0)

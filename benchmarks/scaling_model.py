@@ -144,12 +144,10 @@ def compute_seconds(source: str, flops_per_image: float, per_gpu_batch: int, dty
 
 
 def model_config(config: cfg.Config, name: str) -> cfg.Config:
-  """`config` with network `name` at full width (the scaling question is about the reference networks)."""
+  """`config` with the reference network `name` (full width and depth): the scaling question is about those."""
   changed = cfg.from_dict(cfg.Config, cfg.to_dict(config))
-  changed.model.name = name
-  changed.model.width = 1.0
-  if name == "msrfnet":
-    changed.model.depth = 6     # MSRF-Net has no depth option
+  reference = cfg.ModelConfig()
+  changed.model.name, changed.model.width, changed.model.depth = name, reference.width, reference.depth
   return changed
 
 

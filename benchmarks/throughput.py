@@ -9,14 +9,15 @@
 
 Per point (one device count, one process count):
   * the real model (`lensjax.train.build_model_and_optimizer`) and the real jitted steps
-    (`lensjax.train_step.compile_train_step` / `compile_eval_step`), compiled ahead of time with the compile time
-    reported apart from the step time;
+    (`lensjax.train_step.compile_train_step` / `compile_eval_step`; with `train.feature_sync`, IS-Net's stage-2
+    step against a ground-truth encoder), compiled ahead of time with the compile time reported apart;
   * a synthetic batch with the shapes and dtypes of the real pipeline's batch, placed on the devices once, so the
     step and not the input is timed; `--warmup` untimed steps, then `--steps` (>= 20) timed ones, each one
     waited for: median and spread (10th/90th percentile, min, max) of the step time, images/s in total and per
     device. In a multi-process run each process times its own part; a step's time is the slowest process's;
   * FLOPs per image from XLA's cost analysis of the compiled step (`compiled.cost_analysis()` is per device:
-    FLOPs x devices / global batch), the achieved FLOP/s and the fraction of a peak: the nominal dense peak of
+    FLOPs x devices / global batch, so replicated work such as the optimizer update counts once per device),
+    the achieved FLOP/s and the fraction of a peak: the nominal dense peak of
     the GPU (A100, H100, H200; TF32 for float32, as JAX computes float32 convolutions on them by default), or on
     CPU a matmul probe run over the same devices in the same process;
   * peak device memory: `device.memory_stats()['peak_bytes_in_use']` where the backend keeps it (GPU), else
@@ -352,7 +353,7 @@ def measure_point(config: cfg.Config, args: argparse.Namespace) -> dict[str, Any
   """Measures one point on every device of every process of this job; every process must call it."""
   import jax
   from flax import nnx
-  from lensjax import train, train_step
+  from lensjax import feature_sync, train, train_step
 
   load_before = os.getloadavg()
   num_devices, num_processes = jax.device_count(), jax.process_count()
@@ -373,6 +374,12 @@ def measure_point(config: cfg.Config, args: argparse.Namespace) -> dict[str, Any
   graphdef, state = nnx.split((model, optimizer))
   state, state_sharding = train_step.place_state(state, mesh, config.train.fsdp)
   loss_fn = train_step.make_loss_fn(config)
+  frozen = None
+  if config.train.feature_sync:    # stage 2's step; the (untrained) encoder costs what a trained one does
+    encoder_graphdef, encoder_state = nnx.split(feature_sync.build_gt_encoder(config, seed=config.train.seed + 1))
+    frozen = train_step.FrozenEncoder(encoder_graphdef, jax.device_put(encoder_state, parallel.replicated(mesh)),
+                                      config.train.feature_sync_weight)
+  frozen_state = None if frozen is None else frozen.state
   base_key = jax.random.key(config.train.seed)
   keys = [jax.random.fold_in(base_key, i) for i in range(args.warmup + args.steps)]
 
@@ -387,7 +394,8 @@ def measure_point(config: cfg.Config, args: argparse.Namespace) -> dict[str, Any
     peak, peak_source = probe["flops_per_s"], "float32 matmul probe on the same devices, this process"
 
   start = time.perf_counter()
-  lowered = train_step.compile_train_step(graphdef, loss_fn, mesh, state_sharding).lower(state, None, batch, keys[0])
+  lowered = train_step.compile_train_step(graphdef, loss_fn, mesh, state_sharding, frozen).lower(
+      state, frozen_state, batch, keys[0])
   traced = time.perf_counter()
   train_compiled = lowered.compile()
   compiled_at = time.perf_counter()
@@ -395,7 +403,7 @@ def measure_point(config: cfg.Config, args: argparse.Namespace) -> dict[str, Any
   holder = {"state": state}
 
   def train_once(i):
-    holder["state"], step_metrics = train_compiled(holder["state"], None, batch, keys[i])
+    holder["state"], step_metrics = train_compiled(holder["state"], frozen_state, batch, keys[i])
     return holder["state"], step_metrics
 
   _time_steps(train_once, args.warmup)

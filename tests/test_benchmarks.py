@@ -279,8 +279,9 @@ def test_sweep_record_measures_every_point_of_a_strong_scaling_run(records):
     assert 0 < train["fraction_of_peak"] < 1.5                     # against the matmul probe of the same run
     assert point["memory"]["peak_bytes"] > 0
     assert point["input_pipeline"]["images_per_s"] > 0 and point["input_pipeline"]["keeps_up"] in (True, False)
-  # FLOPs per image are a property of the network, whatever the device count (XLA's figure is per device)
-  assert two["train"]["flops_per_image"] == pytest.approx(one["train"]["flops_per_image"], rel=0.05)
+  # FLOPs per image barely depend on the device count (XLA's figure is per device, times the devices): only the
+  # replicated work (the optimizer update, the metrics) is done once more per added device
+  assert one["train"]["flops_per_image"] <= two["train"]["flops_per_image"] < 1.2 * one["train"]["flops_per_image"]
   # one device needs no collective; two all-reduce every float32 gradient (and the BatchNorm moments)
   assert one["train"]["collectives"]["all-reduce"]["count"] == 0
   gradients = two["train"]["collectives"]["all-reduce"]
