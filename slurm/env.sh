@@ -17,6 +17,7 @@
 #                     its CPU-only local Slurm: no modules, JAX_PLATFORMS=cpu, LENSJAX_CPU_DEVICES fake JAX
 #                     devices per task (default 1: a task stands for one GPU).
 #   LENSJAX_ROOT      the repository root (default: $SLURM_SUBMIT_DIR)
+#   JAX_COMPILATION_CACHE_DIR  XLA's persistent compilation cache (default: $SCRATCH/lensjax/jax-cache)
 set -euo pipefail
 : "${SCRATCH:?SCRATCH is not set: runs and checkpoints go under \$SCRATCH/lensjax (Perlmutter sets it)}"
 LENSJAX_ROOT=${LENSJAX_ROOT:-$SLURM_SUBMIT_DIR}
@@ -50,5 +51,8 @@ set -u
 
 export SLURM_CPU_BIND=cores
 export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1}
+# XLA's compiled programs are kept on disk: a requeued or repeated run skips the compilation (minutes for the
+# full networks). The scaling sweep turns this off, as it measures compile times.
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$SCRATCH/lensjax/jax-cache}
 echo "lensjax: job ${SLURM_JOB_ID} (${SLURM_JOB_NAME}) run $((${SLURM_RESTART_COUNT:-0} + 1)) on ${SLURM_JOB_NUM_NODES} node(s)" \
      "[${SLURM_JOB_NODELIST}], ${SLURM_NTASKS} tasks, platform ${LENSJAX_PLATFORM:-gpu}, $(python --version 2>&1)"
