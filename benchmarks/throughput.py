@@ -592,7 +592,7 @@ def sweep(args: argparse.Namespace, config: cfg.Config, argv: list[str]) -> path
         if args.processes > 1:
           command += ["--coordinator-address", f"127.0.0.1:{port}", "--num-processes", str(args.processes),
                       "--process-id", str(process_id)]
-        children.append(subprocess.Popen(command, cwd=REPO_ROOT,
+        children.append(subprocess.Popen(command, cwd=os.getcwd(),   # relative paths in argv stay valid
                                          env=_child_env(platform_name, per_process, process_id, gpu_ids),
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
       outputs = []
