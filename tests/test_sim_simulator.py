@@ -80,7 +80,9 @@ def test_seeds_give_different_datasets(batch):
 def test_one_program_serves_every_request_size(simulator):
   for count in (1, 2, 3, 5, 9, 16, 17, 40):
     assert len(simulator.render(np.arange(100, 100 + count))["lens"]) == count
-  assert simulator._render_jit._cache_size() == 1
+  assert simulator._programs.render._cache_size() == 1
+  # Another simulator with an equal config, any seed, reuses the compiled program.
+  assert Simulator(dataclasses.replace(SMALL), seed=99)._programs is simulator._programs
 
 
 def test_non_lenses_have_no_arc_light_and_empty_arc_masks(batch):

@@ -18,6 +18,7 @@ concurrently; the program is compiled once per device and gives the same bits on
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -144,46 +145,32 @@ def _check_indices(indices: np.ndarray | Sequence[int]) -> np.ndarray:
   return array.astype(np.uint32)
 
 
-class Simulator:
-  """Renders lens/non-lens scenes drawn from the priors of a `SimConfig`, deterministically by index.
+class _Programs:
+  """The compiled functions of one config, shared by every `Simulator` with an equal config (any seed).
 
-  Args:
-    config: the simulator config (checked: a bad field raises ValueError naming it).
-    seed: the dataset seed in [0, 2^32); with an index it fixes an image.
-    devices: where to render (default: every local device of the default backend). Pass e.g.
-      `jax.devices("cpu")[:1]` to keep rendering off the accelerators a training step uses.
-
-  Attributes:
-    optics, noise, masks: the pixel grid and PSF, the detector noise model and the mask rule of `config`.
+  render(seed, indices) and scenes(seed, indices) take a uint32 seed and a (render_chunk,) uint32 index array.
   """
 
-  def __init__(self, config: SimConfig, seed: int, devices: Sequence[jax.Device] | None = None):
-    check_config(config)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-      raise ValueError(f"seed must be an integer in [0, 2^32); got {seed!r}")
-    self.config = dataclasses.replace(config)
-    self.seed = int(seed)
+  def __init__(self, config: SimConfig):
+    self.config = config
     self.optics = scenes.Optics.from_config(config)
     self.noise = noise_model(config)
     self.masks = mask_rule(config)
-    self.devices = list(devices) if devices is not None else jax.local_devices()
-    if not self.devices:
-      raise ValueError("devices must name at least one device")
-    self._render_jit = jax.jit(self._render_batch)
-    self._scenes_jit = jax.jit(self._scenes_batch)
+    self.render = jax.jit(self._render_batch)
+    self.scenes = jax.jit(self._scenes_batch)
 
-  def _image_keys(self, indices: jax.Array) -> jax.Array:
-    base = jax.random.key(self.seed)
+  @staticmethod
+  def _image_keys(seed: jax.Array, indices: jax.Array) -> jax.Array:
+    base = jax.random.key(seed)
     return jax.vmap(lambda index: jax.random.fold_in(base, index))(indices)
 
-  def _scenes_batch(self, indices: jax.Array) -> dict[str, jax.Array]:
-    scene_keys = jax.vmap(lambda key: jax.random.fold_in(key, 0))(self._image_keys(indices))
+  def _scenes_batch(self, seed: jax.Array, indices: jax.Array) -> dict[str, jax.Array]:
+    scene_keys = jax.vmap(lambda key: jax.random.fold_in(key, 0))(self._image_keys(seed, indices))
     return jax.vmap(lambda key: scenes.sample_scene(key, self.config))(scene_keys)
 
-  def _render_batch(self, indices: jax.Array) -> dict[str, jax.Array]:
-    image_keys = self._image_keys(indices)
-    noise_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(image_keys)
-    batch_scenes = self._scenes_batch(indices)
+  def _render_batch(self, seed: jax.Array, indices: jax.Array) -> dict[str, jax.Array]:
+    noise_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(self._image_keys(seed, indices))
+    batch_scenes = self._scenes_batch(seed, indices)
     images = jax.vmap(lambda scene: scenes.render_scene(scene, self.optics))(batch_scenes)
     lens, arcs = images["lens"], images["arcs"]
     observed = lens + arcs + images["field"]
@@ -210,6 +197,40 @@ class Simulator:
         magnification=jnp.where(source_flux > 0, arc_flux / jnp.maximum(source_flux, 1e-30), 0.0),
         lens_mask_pixels=mask_pairs[..., 0].sum(axis=(1, 2)).astype(jnp.float32),
         arc_mask_pixels=mask_pairs[..., 1].sum(axis=(1, 2)).astype(jnp.float32))
+
+
+@functools.lru_cache(maxsize=8)
+def _programs_for(config_fields: tuple) -> _Programs:
+  return _Programs(SimConfig(**dict(config_fields)))
+
+
+class Simulator:
+  """Renders lens/non-lens scenes drawn from the priors of a `SimConfig`, deterministically by index.
+
+  Simulators with equal configs share their compiled program (the seed is an argument of it), so making
+  another one, e.g. per data split or per worker, costs no compilation.
+
+  Args:
+    config: the simulator config (checked: a bad field raises ValueError naming it).
+    seed: the dataset seed in [0, 2^32); with an index it fixes an image.
+    devices: where to render (default: every local device of the default backend). Pass e.g.
+      `jax.devices("cpu")[:1]` to keep rendering off the accelerators a training step uses.
+
+  Attributes:
+    optics, noise, masks: the pixel grid and PSF, the detector noise model and the mask rule of `config`.
+  """
+
+  def __init__(self, config: SimConfig, seed: int, devices: Sequence[jax.Device] | None = None):
+    check_config(config)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+      raise ValueError(f"seed must be an integer in [0, 2^32); got {seed!r}")
+    self.config = dataclasses.replace(config)
+    self.seed = int(seed)
+    self._programs = _programs_for(tuple(dataclasses.asdict(self.config).items()))
+    self.optics, self.noise, self.masks = self._programs.optics, self._programs.noise, self._programs.masks
+    self.devices = list(devices) if devices is not None else jax.local_devices()
+    if not self.devices:
+      raise ValueError("devices must name at least one device")
 
   def _chunks(self, indices: np.ndarray):
     """Yields (uint32 indices padded to render_chunk, number of real images); the padding repeats the last."""
@@ -240,8 +261,9 @@ class Simulator:
                   params={name: np.zeros(0, np.float32) for name in PARAM_KEYS})
     # Dispatch every chunk (round robin over the devices) before reading any back: the devices run
     # concurrently and rendering overlaps the copies out.
-    pending = [(self._render_jit(jax.device_put(padded, self.devices[number % len(self.devices)])), count)
-               for number, (padded, count) in enumerate(self._chunks(indices))]
+    seed = np.uint32(self.seed)
+    pending = [(self._programs.render(seed, jax.device_put(padded, self.devices[number % len(self.devices)])),
+                count) for number, (padded, count) in enumerate(self._chunks(indices))]
     parts = [jax.tree.map(lambda a, n=count: np.asarray(a)[:n], out) for out, count in pending]
     batch = jax.tree.map(lambda *arrays: np.concatenate(arrays), *parts)
     batch["params"] = {name: batch["params"][name] for name in PARAM_KEYS}   # tree.map sorted the keys
@@ -256,6 +278,6 @@ class Simulator:
     if not len(indices):
       raise ValueError("scenes() needs at least one index")
     parts = [jax.tree.map(lambda a, n=count: np.asarray(a)[:n],
-                          self._scenes_jit(jax.device_put(padded, self.devices[0])))
+                          self._programs.scenes(np.uint32(self.seed), jax.device_put(padded, self.devices[0])))
              for padded, count in self._chunks(indices)]
     return jax.tree.map(lambda *arrays: np.concatenate(arrays), *parts)
