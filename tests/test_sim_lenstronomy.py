@@ -4,8 +4,6 @@ lenstronomy is the optional `bench` extra; without it this file is skipped (the 
 test_sim_profiles.py and test_sim_simulator.py do not need it).
 """
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -80,28 +78,17 @@ def _lenstronomy_images(config, scene):
   return dict(observed=observed, lens=lens, arcs=arcs)
 
 
-@pytest.mark.parametrize("supersampling", [1, 2])
-def test_whole_images_with_psf_match_lenstronomy(supersampling):
-  config = SimConfig(image_size=64, supersampling=supersampling, psf_fwhm=0.08, field_galaxies_mean=3.0)
+def test_whole_images_with_psf_supersampling_shear_clumps_and_field_galaxies_match_lenstronomy():
+  config = SimConfig(image_size=48, supersampling=2, psf_fwhm=0.08, field_galaxies_mean=3.0, lens_fraction=0.7,
+                     shear_sigma=0.08, shear_max=0.2)
   simulator = Simulator(config, seed=5)
   indices = np.arange(6)
   ours = simulator.render(indices)
   batch_scenes = simulator.scenes(indices)
   assert 0 < ours["params"]["is_lens"].sum() < len(indices)
+  assert ours["params"]["n_clumps"].max() > 0 and ours["params"]["n_field_galaxies"].max() > 0
   for i in indices:
     theirs = _lenstronomy_images(config, {name: values[i] for name, values in batch_scenes.items()})
     for channel in ("observed", "lens", "arcs"):
       peak = max(theirs[channel].max(), 1e-30)
       np.testing.assert_allclose(ours[channel][i], theirs[channel], rtol=0, atol=2e-5 * peak)
-
-
-def test_a_config_with_shear_and_clumps_only_still_matches():
-  config = dataclasses.replace(SimConfig(image_size=48), field_galaxies_max=0, lens_fraction=1.0,
-                               shear_sigma=0.08, shear_max=0.2)
-  simulator = Simulator(config, seed=11)
-  ours = simulator.render([0, 1])
-  batch_scenes = simulator.scenes([0, 1])
-  assert (np.hypot(batch_scenes["gamma1"], batch_scenes["gamma2"]) > 0.01).all()
-  for i in range(2):
-    theirs = _lenstronomy_images(config, {name: values[i] for name, values in batch_scenes.items()})
-    np.testing.assert_allclose(ours["arcs"][i], theirs["arcs"], rtol=0, atol=2e-5 * theirs["arcs"].max())

@@ -189,7 +189,7 @@ def test_supersampling_converges():
 
 
 @pytest.mark.parametrize("overrides", [
-    dict(noise="gaussian", psf="moffat", psf_truncation=5.0, supersampling=2, mask_rule="noise"),
+    dict(noise="gaussian", psf="moffat", psf_truncation=5.0, mask_rule="noise"),
     dict(noise="poisson", psf="none", mask_rule="peak_fraction", clumps_max=0, field_galaxies_max=0),
 ])
 def test_noise_and_instrument_options(overrides):

@@ -13,13 +13,14 @@ from lensjax import simulate
 from lensjax.config import SimConfig
 from lensjax.sim import PARAM_KEYS, Simulator, masks
 
-ARGS = ["--size", "24", "--pixel-scale", "0.1", "--seed", "3", "--config.sim.render_chunk=4"]
+ARGS = ["--size", "24", "--pixel-scale", "0.1", "--seed", "3", "--lens-fraction", "0.6",
+        "--config.sim.render_chunk=4"]
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
   out = tmp_path_factory.mktemp("sim") / "set"
-  assert simulate.main(["--n", "10", "--out", str(out), "--chunk", "4", "--lens-fraction", "0.6"] + ARGS) == 0
+  assert simulate.main(["--n", "10", "--out", str(out), "--chunk", "4"] + ARGS) == 0
   return out
 
 
