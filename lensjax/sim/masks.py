@@ -168,8 +168,9 @@ def _order_statistics(values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     fraction = jnp.where(step < _INTERPOLATION_STEPS, g_low / (g_low - g_high), 0.5)
     fraction = jnp.clip(fraction, 1 / 256, 255 / 256)
     threshold = low + jnp.clip((span.astype(jnp.float32) * fraction).astype(jnp.uint32), 1, span - 1)
-    count = jnp.sum((keys >= threshold).astype(jnp.int32))
-    g = jnp.sqrt(count.astype(jnp.float32)) - target
+    # Summed as float32 (exact below 2^24): XLA's CPU int32 reduction is scalar code, 1.8x slower (measured).
+    count = jnp.sum(jnp.where(keys >= threshold, np.float32(1), np.float32(0)))
+    g = jnp.sqrt(count) - target
     raise_low = count > m
     # Illinois: when the same end moves twice in a row, halve g at the end that stays, so it is not stuck.
     g_low = jnp.where(raise_low, g, jnp.where(last_side == -1, 0.5 * g_low, g_low))
