@@ -16,6 +16,7 @@ Set JAX_NUM_CPU_DEVICES (default here: one device per CPU core) to change how th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -106,6 +107,44 @@ def time_lenstronomy(renderer: LenstronomyRenderer, batch_scenes: dict[str, np.n
   return dict(images=count, median_seconds=median, images_per_second=count / median)
 
 
+def time_numpy_masks(simulator: Simulator, indices: np.ndarray, repeats: int) -> float:
+  """Median seconds per image of the numpy mask rule (what lenstronomy users add to get the same outputs)."""
+  batch = simulator.render(indices)
+  seconds = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    simulator.masks.apply(batch["lens"], batch["arcs"])
+    seconds.append(time.perf_counter() - start)
+  return statistics.median(seconds) / len(indices)
+
+
+# Scene content switched off one part at a time, to show where the time goes.
+BREAKDOWN = {
+    "full scene": {},
+    "no field galaxies": dict(field_galaxies_max=0),
+    "no clumps": dict(clumps_max=0),
+    "peak-fraction masks (no percentile search)": dict(mask_rule="peak_fraction"),
+    "no PSF": dict(psf="none"),
+    "lens + lensed Sersic only, peak-fraction masks, no PSF": dict(
+        field_galaxies_max=0, clumps_max=0, mask_rule="peak_fraction", psf="none"),
+}
+
+
+def time_breakdown(sim_config: cfg.SimConfig, seed: int, batch_size: int, repeats: int) -> dict[str, float]:
+  """images/s of `render` for each entry of BREAKDOWN, the repeats interleaved so load drifts hit all alike."""
+  simulators = {name: Simulator(dataclasses.replace(sim_config, **changes), seed)
+                for name, changes in BREAKDOWN.items()}
+  for simulator in simulators.values():
+    simulator.render(np.arange(batch_size))
+  seconds = {name: [] for name in simulators}
+  for repeat in range(1, repeats + 1):
+    for name, simulator in simulators.items():
+      start = time.perf_counter()
+      simulator.render(np.arange(repeat * batch_size, (repeat + 1) * batch_size))
+      seconds[name].append(time.perf_counter() - start)
+  return {name: batch_size / statistics.median(values) for name, values in seconds.items()}
+
+
 def compare(simulator: Simulator, renderer: LenstronomyRenderer, indices: np.ndarray) -> dict[str, float]:
   """Largest |JAX - lenstronomy| per channel, relative to that channel's peak, over the scenes `indices`."""
   ours = simulator.render(indices)
@@ -126,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--lenstronomy-images", type=int, default=64, help="scenes timed with lenstronomy")
   parser.add_argument("--check-images", type=int, default=8, help="scenes compared pixel by pixel")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--breakdown", action="store_true",
+                      help="also time the scene with parts switched off (field galaxies, clumps, masks, PSF)")
   parser.add_argument("--out", type=pathlib.Path, help="write the figures as JSON here")
   args, overrides = parser.parse_known_args(argv)
   config = cfg.Config()
@@ -157,6 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     lenstronomy_timing = time_lenstronomy(renderer, simulator.scenes(scene_indices), max(1, args.repeats // 2))
     results["lenstronomy"] = dict(version=lenstronomy.__version__, **lenstronomy_timing)
     results["max_relative_difference"] = compare(simulator, renderer, np.arange(args.check_images))
+    mask_seconds = time_numpy_masks(simulator, scene_indices, max(1, args.repeats // 2))
+    results["lenstronomy"]["with_numpy_masks_images_per_second"] = 1 / (
+        1 / lenstronomy_timing["images_per_second"] + mask_seconds)
+  if args.breakdown:
+    batch_size = max(batch_sizes)
+    results["breakdown_batch_size"] = batch_size
+    results["breakdown_images_per_second"] = time_breakdown(sim_config, args.seed, batch_size, args.repeats)
   results["load_average_after"] = os.getloadavg()
 
   reference = results.get("lenstronomy", {}).get("images_per_second")
@@ -170,10 +218,18 @@ def main(argv: list[str] | None = None) -> int:
       line += f" {row['speedup_vs_lenstronomy']:>14.1f}"
     print(line)
   if reference:
+    with_masks = results["lenstronomy"]["with_numpy_masks_images_per_second"]
+    best = max(row["images_per_second"] for row in results["jax_render"])
     print(f"lenstronomy {results['lenstronomy']['version']}: {reference:.0f} images/s "
-          f"({results['lenstronomy']['images']} scenes, observed + lens + arcs, no masks)")
+          f"({results['lenstronomy']['images']} scenes, observed + lens + arcs, no masks; the ratio column); "
+          f"{with_masks:.0f} images/s with numpy percentile masks added (best JAX batch: "
+          f"{best / with_masks:.1f}x that)")
     print("max |JAX - lenstronomy| / channel peak over "
           f"{args.check_images} scenes: " + ", ".join(f"{k} {v:.1e}" for k, v in results["max_relative_difference"].items()))
+  if args.breakdown:
+    print(f"breakdown at batch {results['breakdown_batch_size']} (images/s, parts switched off):")
+    for name, rate in results["breakdown_images_per_second"].items():
+      print(f"  {rate:>8.0f}  {name}")
   print(f"load average after: {os.getloadavg()}")
   if args.out:
     args.out.parent.mkdir(parents=True, exist_ok=True)
