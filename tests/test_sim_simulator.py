@@ -72,6 +72,20 @@ def test_the_same_index_gives_the_same_bits_in_another_process_on_two_devices(ba
   np.testing.assert_array_equal(other["theta_E"], batch["params"]["theta_E"][19::-1])
 
 
+def test_scenes_hold_the_scalars_and_the_slot_arrays(simulator, batch):
+  batch_scenes = simulator.scenes(np.arange(5))
+  assert set(batch_scenes) == set(scenes.SCENE_SCALAR_KEYS + scenes.CLUMP_KEYS + scenes.FIELD_KEYS)
+  assert all(batch_scenes[name].shape == (5,) for name in scenes.SCENE_SCALAR_KEYS)
+  assert all(batch_scenes[name].shape == (5, SMALL.clumps_max) for name in scenes.CLUMP_KEYS)
+  assert all(batch_scenes[name].shape == (5, SMALL.field_galaxies_max) for name in scenes.FIELD_KEYS)
+  np.testing.assert_array_equal(batch_scenes["theta_E"], batch["params"]["theta_E"][:5])
+  # Slots beyond the drawn counts are empty.
+  slot = np.arange(SMALL.field_galaxies_max)
+  np.testing.assert_array_equal(batch_scenes["field_flux"] > 0, slot < batch_scenes["n_field_galaxies"][:, None])
+  np.testing.assert_array_equal(batch_scenes["clump_flux"] > 0, np.arange(SMALL.clumps_max)
+                                < batch_scenes["n_clumps"][:, None])
+
+
 def test_seeds_give_different_datasets(batch):
   other = Simulator(SMALL, seed=8).render(np.arange(4))
   assert not np.array_equal(other["lens"], batch["lens"][:4])
@@ -212,6 +226,7 @@ def test_noise_and_instrument_options(overrides):
     (dict(image_size=0), r"config.sim.image_size must lie in \[1, 4096\]; got 0"),
     (dict(image_size=12.5), "config.sim.image_size must be an integer"),
     (dict(pixel_scale=float("nan")), "config.sim.pixel_scale must lie in"),
+    (dict(psf_fwhm="0.04"), "config.sim.psf_fwhm must be a number"),
     (dict(psf="airy"), "config.sim.psf must be one of 'none', 'gaussian', 'moffat'; got 'airy'"),
     (dict(noise="lognormal"), "config.sim.noise must be one of"),
     (dict(theta_E_min=2.0, theta_E_max=1.0), "theta_E_min .* must not exceed config.sim.theta_E_max"),

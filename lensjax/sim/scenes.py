@@ -68,12 +68,12 @@ class _Draws:
 
   def __init__(self, key: jax.Array, count: int):
     self._values = jax.random.uniform(key, (count,), minval=np.float32(2**-25), maxval=1.0)
-    self._used = 0
+    self.used = 0
 
   def uniform(self, *shape: int) -> jax.Array:
     size = math.prod(shape)
-    values = self._values[self._used:self._used + size].reshape(shape)
-    self._used += size
+    values = self._values[self.used:self.used + size].reshape(shape)
+    self.used += size
     return values
 
   def normal(self, *shape: int) -> jax.Array:
@@ -164,6 +164,7 @@ def sample_scene(key: jax.Array, config: SimConfig) -> dict[str, jax.Array]:
       field_x=_uniform(u[0], -half_width, half_width), field_y=_uniform(u[1], -half_width, half_width),
       field_e1=field_e1, field_e2=field_e2, field_R_sersic=field_R, field_n_sersic=field_n,
       field_amp=field_flux / profiles.sersic_total_flux_per_amp(field_R, field_n), field_flux=field_flux)
+  assert draws.used == draws_per_scene(c), "draws_per_scene is out of step with sample_scene"
   return {name: value.astype(jnp.float32) for name, value in scene.items()}
 
 

@@ -37,6 +37,8 @@ MAX_INDEX = 2**32 - 1   # indices are folded into the key as uint32
 def _require(config: SimConfig, name: str, low: float, high: float, *, low_open: bool = False,
              high_open: bool = False) -> None:
   value = getattr(config, name)
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    raise ValueError(f"config.sim.{name} must be a number; got {value!r}")
   above_low = value > low if low_open else value >= low
   below_high = value < high if high_open else value <= high
   if not (above_low and below_high):   # also false for NaN
