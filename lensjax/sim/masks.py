@@ -116,8 +116,9 @@ class MaskRule:
 # The mask only needs the two order statistics that numpy's linear interpolation uses, sorted[k] and
 # sorted[k + 1]. They are found by searching for a threshold t with exactly m = n - 1 - k values >= t
 # (then sorted[k] < t <= sorted[k + 1]), counting values >= t in one pass per step. The search runs on
-# unsigned integer keys that order like the floats, alternating interpolation steps (the counts are smooth
-# in the key, which is about log2 of the value) with bisection steps that bound it to 32 halvings.
+# unsigned integer keys that order like the floats (the key is about log2 of the value, in which the counts
+# are smooth), by interpolation, falling back to bisection after 24 steps so it always ends. jnp.percentile
+# and lax.top_k were measured too: 11x and 2-6x slower than this search on 125x125 channels.
 
 
 def _percentile_interpolation(n: int, percentile: float) -> tuple[int, int, float]:
