@@ -21,6 +21,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import json
+import os
 import pathlib
 import sys
 import time
@@ -122,6 +123,9 @@ def write_dataset(sim_config: cfg.SimConfig, seed: int, n: int, out: pathlib.Pat
 
 
 def main(argv: list[str] | None = None) -> int:
+  # One JAX CPU device per core, so the simulator renders a chunk per core at once (its per-image mask
+  # search is single-threaded XLA code). Only effective before JAX starts; set the variable to override.
+  os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(os.cpu_count() or 1))
   parser = _parser()
   args, overrides = parser.parse_known_args(argv)
   try:
