@@ -123,9 +123,6 @@ def write_dataset(sim_config: cfg.SimConfig, seed: int, n: int, out: pathlib.Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-  # One JAX CPU device per core, so the simulator renders a chunk per core at once (its per-image mask
-  # search is single-threaded XLA code). Only effective before JAX starts; set the variable to override.
-  os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(os.cpu_count() or 1))
   parser = _parser()
   args, overrides = parser.parse_known_args(argv)
   try:
@@ -151,4 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  # One JAX CPU device per core, so the simulator renders a chunk per core at once (its per-image mask
+  # search is single-threaded XLA code). Set before JAX starts; export the variable to override it.
+  os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(os.cpu_count() or 1))
   sys.exit(main())
