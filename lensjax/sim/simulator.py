@@ -183,7 +183,9 @@ class _Programs:
     mask_pairs = jax.vmap(self.masks.apply_jnp)(lens, arcs)
     params = {name: batch_scenes[name] for name in scenes.SCENE_SCALAR_KEYS}
     params.update(self._measure(batch_scenes, lens, arcs, images["field"], mask_pairs))
-    return dict(observed=observed, lens=lens, arcs=arcs, masks=mask_pairs.astype(jnp.uint8), params=params)
+    # One (B, len(PARAM_KEYS)) output instead of 30 small ones: each output buffer costs the host ~10 us.
+    packed_params = jnp.stack([params[name] for name in PARAM_KEYS], axis=1)
+    return dict(observed=observed, lens=lens, arcs=arcs, masks=mask_pairs.astype(jnp.uint8), params=packed_params)
 
   def _measure(self, batch_scenes, lens, arcs, field, mask_pairs) -> dict[str, jax.Array]:
     """Per-image arc brightness measures and mask sizes, (B,) float32 each."""
@@ -268,7 +270,8 @@ class Simulator:
                 count) for number, (padded, count) in enumerate(self._chunks(indices))]
     parts = [jax.tree.map(lambda a, n=count: np.asarray(a)[:n], out) for out, count in pending]
     batch = jax.tree.map(lambda *arrays: np.concatenate(arrays), *parts)
-    batch["params"] = {name: batch["params"][name] for name in PARAM_KEYS}   # tree.map sorted the keys
+    batch["params"] = {name: np.ascontiguousarray(batch["params"][:, column])
+                       for column, name in enumerate(PARAM_KEYS)}
     return batch
 
   def scenes(self, indices: np.ndarray | Sequence[int]) -> dict[str, np.ndarray]:
