@@ -75,6 +75,18 @@ def test_moffat_kernel_is_normalised_symmetric_and_has_the_requested_fwhm():
   assert blurred.sum() == pytest.approx(1.0, rel=1e-5)
 
 
+def test_large_kernels_take_the_convolution_path_with_the_same_result():
+  kernel = instrument.moffat_psf_kernel(fwhm=0.3, beta=2.5, pixel_scale=0.031, truncation=3.0)
+  assert (kernel.shape[0] - 1) // 2 > instrument.SHIFTED_ADD_MAX_RADIUS
+  rng = np.random.default_rng(4)
+  image = rng.random((2, 30, 33)).astype(np.float32)
+  radius = (kernel.shape[0] - 1) // 2
+  padded = np.pad(image, ((0, 0), (radius, radius), (radius, radius)), mode="edge").astype(np.float64)
+  expected = np.stack([np.sum(kernel[::-1, ::-1] * padded[b, i:i + kernel.shape[0], j:j + kernel.shape[1]])
+                       for b in range(2) for i in range(30) for j in range(33)]).reshape(2, 30, 33)
+  np.testing.assert_allclose(instrument.convolve_kernel(image, kernel), expected, rtol=1e-5)
+
+
 def _noise_model(**overrides):
   settings = dict(exposure_time=257.0, num_exposures=8, read_noise=15.77, sky_brightness=30.96,
                   magnitude_zero_point=28.02, counts_zero_point=33.43, pixel_scale=0.031)

@@ -235,6 +235,7 @@ def test_noise_and_instrument_options(overrides):
     (dict(arc_mask_percentile=100.0), r"arc_mask_percentile must lie in \[0, 100\)"),
     (dict(mask_rule="otsu"), "config.sim.mask_rule must be one of"),
     (dict(moffat_beta=1.0), "moffat_beta must lie in"),
+    (dict(psf_fwhm=2.0, psf_truncation=5.0), "gives a 53-pixel PSF radius; at most 32 pixels"),
 ])
 def test_bad_configs_raise_value_errors_naming_the_field(overrides, message):
   with pytest.raises(ValueError, match=message):

@@ -32,6 +32,7 @@ from lensjax.sim import instrument, masks, scenes
 MEASURED_KEYS = ("arc_flux", "arc_peak", "arc_snr", "magnification", "lens_mask_pixels", "arc_mask_pixels")
 PARAM_KEYS = scenes.SCENE_SCALAR_KEYS + MEASURED_KEYS
 MAX_INDEX = 2**32 - 1   # indices are folded into the key as uint32
+MAX_PSF_RADIUS = 32     # pixels; the separable Gaussian is one slice per tap in the compiled program
 
 
 def _require(config: SimConfig, name: str, low: float, high: float, *, low_open: bool = False,
@@ -71,6 +72,11 @@ def check_config(config: SimConfig) -> None:
   _require(config, "psf_fwhm", 0, 100, low_open=True)
   _require(config, "psf_truncation", 0, 50, low_open=True)
   _require(config, "moffat_beta", 1, 100, low_open=True)
+  if config.psf != "none":
+    radius = int(config.psf_truncation * config.psf_fwhm / instrument.FWHM_PER_SIGMA / config.pixel_scale + 0.5)
+    if radius > MAX_PSF_RADIUS:
+      raise ValueError(f"config.sim.psf_fwhm x psf_truncation gives a {radius}-pixel PSF radius; at most "
+                       f"{MAX_PSF_RADIUS} pixels (lower psf_truncation or psf_fwhm, or raise pixel_scale)")
   _require_choice(config, "noise", ("none", "gaussian", "poisson"))
   _require(config, "exposure_time", 0, 1e9, low_open=True)
   _require(config, "num_exposures", 1, 100_000)
