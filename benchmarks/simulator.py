@@ -10,6 +10,8 @@ float64 with the same grid, PSF and supersampling: three `ImageModel`s built onc
 light, field galaxies) with every clump and field slot present (unused ones at zero amplitude, as the JAX
 renderer evaluates them). lenstronomy makes the three channels only; the headline ratio compares that with
 the JAX render *including* its masks. The two renderings are also compared pixel by pixel on a few scenes.
+--breakdown times the scene with parts switched off (field galaxies, clumps, percentile masks, PSF), with
+lenstronomy on the same reduced scenes, to show where the time goes and the ratio per scene content.
 Set JAX_NUM_CPU_DEVICES (default here: one device per CPU core) to change how the batch is split over cores.
 """
 
@@ -130,8 +132,12 @@ BREAKDOWN = {
 }
 
 
-def time_breakdown(sim_config: cfg.SimConfig, seed: int, batch_size: int, repeats: int) -> dict[str, float]:
-  """images/s of `render` for each entry of BREAKDOWN, the repeats interleaved so load drifts hit all alike."""
+def time_breakdown(sim_config: cfg.SimConfig, seed: int, batch_size: int, repeats: int,
+                   lenstronomy_images: int) -> dict[str, dict[str, float]]:
+  """images/s of `render` (and of lenstronomy on the same scenes, if importable) for each entry of BREAKDOWN.
+
+  The JAX repeats are interleaved over the variants, so drifts in the machine's load hit all alike.
+  """
   simulators = {name: Simulator(dataclasses.replace(sim_config, **changes), seed)
                 for name, changes in BREAKDOWN.items()}
   for simulator in simulators.values():
@@ -142,7 +148,23 @@ def time_breakdown(sim_config: cfg.SimConfig, seed: int, batch_size: int, repeat
       start = time.perf_counter()
       simulator.render(np.arange(repeat * batch_size, (repeat + 1) * batch_size))
       seconds[name].append(time.perf_counter() - start)
-  return {name: batch_size / statistics.median(values) for name, values in seconds.items()}
+  rows = {name: dict(jax_images_per_second=batch_size / statistics.median(values))
+          for name, values in seconds.items()}
+  if lenstronomy_available() and sim_config.psf != "moffat":
+    scene_indices = np.arange(10**6, 10**6 + lenstronomy_images)
+    for name, simulator in simulators.items():
+      timing = time_lenstronomy(LenstronomyRenderer(simulator.config), simulator.scenes(scene_indices), 1)
+      rows[name]["lenstronomy_images_per_second"] = timing["images_per_second"]
+      rows[name]["ratio"] = rows[name]["jax_images_per_second"] / timing["images_per_second"]
+  return rows
+
+
+def lenstronomy_available() -> bool:
+  try:
+    import lenstronomy  # noqa: F401
+  except ImportError:
+    return False
+  return True
 
 
 def compare(simulator: Simulator, renderer: LenstronomyRenderer, indices: np.ndarray) -> dict[str, float]:
@@ -187,12 +209,12 @@ def main(argv: list[str] | None = None) -> int:
   for batch_size in batch_sizes:
     results["jax_render"].append(time_jax(simulator, batch_size, args.repeats))
 
-  lenstronomy = None
-  try:
-    import lenstronomy
-  except ImportError:
+  if not lenstronomy_available():
     print("lenstronomy is not installed (pip install lensjax[bench]): JAX figures only")
-  if lenstronomy is not None:
+  elif sim_config.psf == "moffat":
+    print("the lenstronomy comparison covers psf 'gaussian' and 'none': JAX figures only")
+  else:
+    import lenstronomy
     renderer = LenstronomyRenderer(sim_config)
     scene_indices = np.arange(10**6, 10**6 + args.lenstronomy_images)
     lenstronomy_timing = time_lenstronomy(renderer, simulator.scenes(scene_indices), max(1, args.repeats // 2))
@@ -204,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
   if args.breakdown:
     batch_size = max(batch_sizes)
     results["breakdown_batch_size"] = batch_size
-    results["breakdown_images_per_second"] = time_breakdown(sim_config, args.seed, batch_size, args.repeats)
+    results["breakdown"] = time_breakdown(sim_config, args.seed, batch_size, args.repeats,
+                                          args.lenstronomy_images)
   results["load_average_after"] = os.getloadavg()
 
   reference = results.get("lenstronomy", {}).get("images_per_second")
@@ -227,9 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     print("max |JAX - lenstronomy| / channel peak over "
           f"{args.check_images} scenes: " + ", ".join(f"{k} {v:.1e}" for k, v in results["max_relative_difference"].items()))
   if args.breakdown:
-    print(f"breakdown at batch {results['breakdown_batch_size']} (images/s, parts switched off):")
-    for name, rate in results["breakdown_images_per_second"].items():
-      print(f"  {rate:>8.0f}  {name}")
+    print(f"breakdown at batch {results['breakdown_batch_size']}, parts switched off (images/s):")
+    print(f"  {'JAX':>8} {'lenstr.':>8} {'ratio':>6}  scene")
+    for name, row in results["breakdown"].items():
+      print(f"  {row['jax_images_per_second']:>8.0f} {row.get('lenstronomy_images_per_second', float('nan')):>8.0f} "
+            f"{row.get('ratio', float('nan')):>6.1f}  {name}")
   print(f"load average after: {os.getloadavg()}")
   if args.out:
     args.out.parent.mkdir(parents=True, exist_ok=True)
