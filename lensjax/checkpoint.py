@@ -244,8 +244,10 @@ class Checkpoints:
         return f"has no {item}/ item"
     return None
 
-  def restore_latest(self, target: Any, data_iterator: grain.DatasetIterator) -> Restored | None:
+  def restore_latest(self, target: Any, data_iterator: grain.DatasetIterator | None = None) -> Restored | None:
     """Restores the newest checkpoint that is complete and readable; None if the run has no checkpoint.
+
+    With `data_iterator` (resuming training), also moves that iterator to the saved position.
 
     Newer checkpoints that are incomplete or fail to restore are skipped with a warning and, once an older
     one has restored, moved to `<workdir>/broken_checkpoints/` (so that their steps can be saved again).
@@ -254,7 +256,7 @@ class Checkpoints:
     """
     broken: list[tuple[int, str]] = []
     for step in reversed(self.steps):
-      problem = self.incomplete(step)
+      problem = self.incomplete(step, with_data=data_iterator is not None)
       restored = None
       if problem is None:
         try:

@@ -122,7 +122,7 @@ class MetricsLog:
     if not self.enabled or not self.path.is_file():
       return 0
     lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    kept = [line for line in lines if _logged_step(line) <= step]
     if len(kept) < len(lines):
       temporary = self.path.with_name(self.path.name + ".tmp")
       temporary.write_text("".join(line + "\n" for line in kept))
@@ -142,6 +142,14 @@ class MetricsLog:
   def close(self) -> None:
     if self._tensorboard is not None:
       self._tensorboard.close()
+
+
+def _logged_step(line: str) -> float:
+  """The step of a metrics.jsonl line; infinite for a line cut short by a hard kill (so it is dropped)."""
+  try:
+    return json.loads(line)["step"]
+  except (json.JSONDecodeError, KeyError, TypeError):
+    return math.inf
 
 
 def _tensorboard_writer():
