@@ -17,6 +17,10 @@ MSRF-Net; no augmentation), zero-padded to a square of side max(H, W, data.pad_t
 of 32 (the networks halve the size up to five times), predicted in batches, and the probabilities are
 cropped back (and resized back, if the run resized images) to the image's own H x W.
 
+`--config.data.*` overrides change the preprocessing (e.g. `--config.data.normalize=minmax` for images in
+other units than the training data); `--config` names the config of imported IS-Net weights (as for
+`python -m lensjax.evaluate`).
+
 Written to --out, per image NAME (the file's stem; `_<i>` numbers the images of an array or cube):
   NAME_<target>.png        the mask of each target at --threshold (0 or 255)
   NAME.npy                 (H, W, K) uint8 masks, 1 where the target is, channels in the run's target order
@@ -255,7 +259,9 @@ def _write_outputs(out: pathlib.Path, image: InputImage, pixels: np.ndarray, pro
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m lensjax.predict", description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(
+      prog="python -m lensjax.predict", description=__doc__.split("\n\n")[0],
+      epilog="Preprocessing overrides: --config.data.FIELD=VALUE (e.g. --config.data.normalize=minmax).")
   parser.add_argument("run_dir", help="a run directory written by python -m lensjax.train (or imported weights)")
   parser.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy, .png or FITS files, or folders of them")
   parser.add_argument("--out", required=True, help="folder for the masks, probabilities and overlays")
@@ -265,14 +271,17 @@ def main(argv: list[str] | None = None) -> int:
                            "number of images, rounded up to a multiple of the number of devices)")
   parser.add_argument("--threshold", type=float, default=0.5, help="probability above which a pixel is in a mask")
   parser.add_argument("--config", default=None, help="for imported weights only: the config of the data")
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+  unknown = [a for a in overrides if not a.startswith("--config.")]
+  if unknown:
+    parser.error(f"unrecognised arguments: {' '.join(unknown)}")
   if not 0.0 < args.threshold < 1.0:
     parser.error(f"--threshold {args.threshold}: expected a probability strictly between 0 and 1")
   if args.batch_size is not None and args.batch_size < 1:
     parser.error(f"--batch-size {args.batch_size}: expected a positive number of images")
   try:
     inputs = find_inputs(args.inputs)
-    run = evaluate.load_run(args.run_dir, args.checkpoint, config_name=args.config)
+    run = evaluate.load_run(args.run_dir, args.checkpoint, config_name=args.config, overrides=overrides)
     devices = jax.device_count()
     batch_size = min(args.batch_size or run.config.train.eval_batch_size, len(inputs))
     batch_size = devices * math.ceil(batch_size / devices)
