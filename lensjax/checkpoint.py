@@ -17,8 +17,9 @@ in the background while training goes on. The `keep` most recent checkpoints are
 `best_metric` (Orbax preservation policies `LatestN` + `BestN`).
 
 Crash safety: Orbax writes a step into `<step>.orbax-checkpoint-tmp*` and renames it when complete, so a
-process killed mid-save (kill -9, a node failure) leaves only a temporary directory, which is ignored and
-removed on the next start: a kill loses at most the steps since the last complete checkpoint. A step
+process killed mid-save (kill -9, a node failure) leaves only a temporary directory, which is ignored (and
+removed in the background once the run restarts): a kill loses at most the steps since the last complete
+checkpoint, i.e. one interval, or two if it strikes while the next checkpoint is being written. A step
 directory that is incomplete all the same (a missing commit marker or item, e.g. after a partial copy) or
 whose files fail to restore (truncated, corrupt) is skipped with a warning for the previous one, and moved
 to `<workdir>/broken_checkpoints/` once an older one has restored (so that its step can be saved again).
@@ -39,7 +40,7 @@ import pathlib
 import shutil
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import grain

@@ -116,14 +116,16 @@ def load_run(run_dir: str | pathlib.Path, which: str = "best", *, config_name: s
   if config_name is not None:
     raise ValueError(f"--config {config_name}: a run directory carries its own config; use --config.data.* "
                      "overrides to change the data")
-  # The checkpoint's own `checkpoint` section decides what 'best' means.
-  with checkpoint.Checkpoints(run_dir / checkpoint.CHECKPOINTS_DIR, cfg.CheckpointConfig(),
-                              read_only=True) as probe:
-    latest = probe.latest_step
-    saved = probe.saved_config(latest) if latest is not None else None
-  if saved is None:
-    raise checkpoint.CheckpointError(f"{run_dir / checkpoint.CHECKPOINTS_DIR}: no checkpoints; train the run first")
-  config = cfg.from_dict(cfg.Config, saved)
+  # The run's own `checkpoint` section says what 'best' means: from config.json, else the newest checkpoint.
+  if (run_dir / train.CONFIG_FILE).is_file():
+    config = cfg.config_from_json((run_dir / train.CONFIG_FILE).read_text())
+  else:
+    with checkpoint.Checkpoints(run_dir / checkpoint.CHECKPOINTS_DIR, cfg.CheckpointConfig(),
+                                read_only=True) as probe:
+      if probe.latest_step is None:
+        raise checkpoint.CheckpointError(f"{run_dir / checkpoint.CHECKPOINTS_DIR}: no checkpoints; train the run "
+                                         "first")
+      config = cfg.from_dict(cfg.Config, probe.saved_config(probe.latest_step))
   with checkpoint.Checkpoints(run_dir / checkpoint.CHECKPOINTS_DIR, config.checkpoint, read_only=True) as store:
     step, description = select_step(store, which)
     config = cfg.from_dict(cfg.Config, store.saved_config(step))

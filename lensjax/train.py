@@ -24,7 +24,8 @@ which deletes the earlier run's checkpoints, metrics and figures first.
 
 Stopping: SIGTERM (Slurm preemption, `scancel`) or SIGUSR1 (`sbatch --signal=B:USR1@120`) makes every process
 save a checkpoint at the next step boundary and exit 0, so a requeued job continues where it stopped. A hard
-kill (kill -9, a node failure) loses at most the steps since the last complete checkpoint.
+kill (kill -9, a node failure) loses at most the steps since the last complete checkpoint (one interval, two
+if it strikes while a checkpoint is being written) and never leaves a checkpoint that restores wrongly.
 
 Only process 0 writes files and prints; every process runs the same steps (see `lensjax.parallel` for launch
 modes).
@@ -205,7 +206,10 @@ def prepare_run_directory(workdir: pathlib.Path, config: cfg.Config, restart: bo
     if parallel.is_main_process():
       for name in found:
         path = workdir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.is_dir():
+          shutil.rmtree(path)
+        else:
+          path.unlink()
   elif (workdir / CONFIG_FILE).is_file():
     try:
       previous = json.loads((workdir / CONFIG_FILE).read_text())
@@ -313,7 +317,7 @@ def _check_train_config(config: cfg.Config) -> None:
       raise ValueError(f"train.{name}={getattr(train, name)}: expected a positive number of steps")
   if train.figure_images < 0:
     raise ValueError(f"train.figure_images={train.figure_images}: expected a number of images >= 0")
-  name, _, target = config.checkpoint.best_metric.partition("/")
+  _, _, target = config.checkpoint.best_metric.partition("/")
   if target and target not in (*config.data.targets, "mean"):
     raise ValueError(f"checkpoint.best_metric={config.checkpoint.best_metric!r}: no target '{target}'; the "
                      f"targets are {', '.join(config.data.targets)} (or 'mean')")
@@ -336,6 +340,50 @@ def _refresh_figures(workdir: pathlib.Path, config: cfg.Config, evaluation: Eval
 def _last_validation(path: pathlib.Path) -> dict[str, float]:
   records = [r for r in plots.read_metrics(path) if r.get("split") == "val"]
   return {k: v for k, v in records[-1].items() if k not in ("step", "split")} if records else {}
+
+
+class TrainingWindow:
+  """The training metrics between two log lines.
+
+  A step's metrics are fetched to the host one step late (when the next step has been dispatched), so the
+  host never stalls the device; `fetch` fetches the held step at once (before a log line or a checkpoint).
+  """
+
+  def __init__(self, targets: tuple[str, ...]):
+    self.targets = targets
+    self._held: tuple[int, dict[str, Any]] | None = None
+    self.restart_clock()
+    self._images, self._sums, self._scalars = 0, None, []
+
+  def restart_clock(self) -> None:
+    """Starts timing anew (after an evaluation, which is not training time)."""
+    self._start = time.perf_counter()
+
+  def add(self, step: int, step_metrics: dict[str, Any], images: int) -> None:
+    """Holds step `step`'s device metrics, fetching the previously held step's."""
+    self.fetch()
+    self._held = (step, step_metrics)
+    self._images += images
+
+  def fetch(self) -> None:
+    if self._held is not None:
+      self._scalars.append(_check_finite(*self._held))
+      self._sums = metrics.accumulate(self._sums, self._held[1]["sums"])
+      self._held = None
+
+  @property
+  def empty(self) -> bool:
+    return self._held is None and not self._scalars
+
+  def close(self) -> dict[str, float]:
+    """The window's log line: mean losses, IoU per target over its batches, images per second; then resets."""
+    self.fetch()
+    values = {k: float(np.mean([s[k] for s in self._scalars])) for k in self._scalars[0]}
+    values.update({k: v for k, v in metrics.summarize(self._sums, self.targets).items() if k.startswith("iou/")})
+    values["images_per_sec"] = self._images / (time.perf_counter() - self._start)
+    self._images, self._sums, self._scalars = 0, None, []
+    self.restart_clock()
+    return values
 
 
 def train_and_evaluate(config: cfg.Config, workdir: str | pathlib.Path, *, restart: bool = False) -> dict[str, float]:
@@ -396,41 +444,24 @@ def train_and_evaluate(config: cfg.Config, workdir: str | pathlib.Path, *, resta
 
   bar = progress.TrainingProgress(config.train.num_steps, enabled=parallel.is_main_process(),
                                   start_step=start_step)
-  window_start, window_images, window_sums, window_scalars = time.perf_counter(), 0, None, []
-  pending = None       # the previous step's metrics: fetched one step late, so the host never stalls the device
+  window = TrainingWindow(config.data.targets)
   last = {}
 
-  def flush_pending():
-    nonlocal pending, window_sums
-    if pending is not None:
-      window_scalars.append(_check_finite(*pending))
-      window_sums = metrics.accumulate(window_sums, pending[1]["sums"])
-      pending = None
-
-  def write_window(step):
-    nonlocal window_start, window_images, window_sums, window_scalars
-    elapsed = time.perf_counter() - window_start
-    values = {k: float(np.mean([s[k] for s in window_scalars])) for k in window_scalars[0]}
-    values.update({k: v for k, v in metrics.summarize(window_sums, config.data.targets).items()
-                   if k.startswith("iou/")})
-    values["images_per_sec"] = window_images / elapsed
+  def log_window(step):
+    values = window.close()
     log.write(step, "train", values)
     bar.update(step, values)
-    window_start, window_images, window_sums, window_scalars = time.perf_counter(), 0, None, []
 
   with checkpoints, checkpoint.StopSignals(mesh) as stop, bar:
     try:
       for step in range(start_step + 1, config.train.num_steps + 1):
         batch = parallel.global_batch(next(train_iter), mesh)
         state, step_metrics = train(state, None, batch, jax.random.fold_in(base_key, step))
-        flush_pending()
-        pending = (step, step_metrics)
-        window_images += config.train.batch_size
+        window.add(step, step_metrics, config.train.batch_size)
         last_step = step == config.train.num_steps
 
         if step % config.train.log_every == 0 or last_step:
-          flush_pending()
-          write_window(step)
+          log_window(step)
 
         evaluation = None
         if step % config.train.eval_every == 0 or last_step:
@@ -439,21 +470,21 @@ def train_and_evaluate(config: cfg.Config, workdir: str | pathlib.Path, *, resta
           log.write(step, "val", last)
           bar.report(step, last, config.data.targets)
           _refresh_figures(workdir, config, evaluation, step)
-          window_start = time.perf_counter()
+          window.restart_clock()
 
         stopping = stop.agreed()
         every = config.checkpoint.every_steps
         if (every and step % every == 0) or last_step or stopping:
-          flush_pending()    # never checkpoint a state whose loss is not finite
+          window.fetch()    # checks the loss first: a state whose loss is not finite is never saved
           path = checkpoints.save(step, state=state, data_iterator=train_iter, rng_key=base_key, config=config,
                                   metrics=evaluation.metrics if evaluation else None)
         if stopping:
-          if window_scalars:
-            write_window(step)
+          if not window.empty:
+            log_window(step)
           _refresh_figures(workdir, config, None, step)
           checkpoints.wait_until_finished()
-          say(f"{stop.received or 'a stop signal'} received: saved the checkpoint of step {step} to {path}; "
-              "run the same command again to resume")
+          received = f"{stop.received} received" if stop.received else "a stop signal reached another process"
+          say(f"{received}: saved the checkpoint of step {step} to {path}; run the same command again to resume")
           break
     finally:
       log.close()

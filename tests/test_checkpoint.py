@@ -3,6 +3,8 @@
 import os
 import shutil
 import signal
+import subprocess
+import sys
 
 import grain
 import jax
@@ -12,6 +14,7 @@ import pytest
 
 from lensjax import checkpoint, parallel
 from lensjax import config as cfg
+from tests import tiny_run
 
 
 def _state(value: float) -> dict[str, jax.Array]:
@@ -82,12 +85,14 @@ def test_broken_newer_checkpoints_are_skipped_with_a_warning_and_set_aside(tmp_p
     assert 9 not in store.steps
     restored = store.restore_latest(_target(parallel.make_mesh()))
     assert restored.step == 1 and store.steps == [1]
+    _save_steps(store, {2: None})                             # the step of a set-aside checkpoint is free again
+    assert store.steps == [1, 2]
   np.testing.assert_array_equal(restored.state["kernel"], np.full((3, 4), 1.0))
   printed = capsys.readouterr().out
   for step, reason in ((4, "does not restore"), (3, "has no commit_success.txt"), (2, "has no meta/")):
     assert f"checkpoints/{step} {reason}" in printed
     assert (tmp_path / "run" / checkpoint.BROKEN_DIR / str(step)).is_dir()
-  assert not list(directory.glob("*orbax-checkpoint-tmp*"))   # cleaned up on start
+  assert not list(directory.glob("*orbax-checkpoint-tmp*"))   # removed (in the background) before a save
 
 
 def test_when_no_checkpoint_restores_nothing_is_moved(tmp_path):
@@ -117,3 +122,36 @@ def test_a_stop_signal_becomes_a_request_and_the_handlers_are_put_back(signum):
     os.kill(os.getpid(), signum)
     assert stop.agreed() and stop.received == signal.Signals(signum).name
   assert signal.getsignal(signum) == before
+
+
+SHARDED_SCRIPT = """
+import sys
+import grain, jax, jax.numpy as jnp, numpy as np
+from lensjax import checkpoint, parallel
+from lensjax import config as cfg
+
+mesh = parallel.make_mesh()
+state = {"kernel": jnp.arange(4 * 8192, dtype=jnp.float32).reshape(8192, 4), "bias": jnp.ones((3,))}
+fsdp = parallel.state_shardings(state, mesh, fsdp=True)
+state = jax.device_put(state, fsdp)
+assert state["kernel"].sharding.spec == jax.P("data", None) and len(state["kernel"].addressable_shards) == 4
+iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
+with checkpoint.Checkpoints(sys.argv[1], cfg.CheckpointConfig()) as store:
+  store.save(3, state=state, data_iterator=iterator, rng_key=jax.random.key(0), config=cfg.Config())
+replicated = jax.tree.map(lambda _: parallel.replicated(mesh), state)
+with checkpoint.Checkpoints(sys.argv[1], cfg.CheckpointConfig(), read_only=True) as store:
+  for shardings in (fsdp, replicated):
+    restored = store.restore_latest(checkpoint.abstract_state(state, shardings)).state
+    for name in state:
+      assert restored[name].sharding.is_equivalent_to(shardings[name], restored[name].ndim), name
+      np.testing.assert_array_equal(restored[name], state[name])
+print("restored onto", len(jax.devices()), "devices")
+"""
+
+
+def test_fsdp_sharded_state_restores_sharded_or_replicated_on_four_devices(tmp_path):
+  env = dict(tiny_run.command_env(tmp_path / "cache"), JAX_NUM_CPU_DEVICES="4")
+  done = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(tmp_path / "checkpoints")], env=env,
+                        cwd=tiny_run.ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+  assert "restored onto 4 devices" in done.stdout
