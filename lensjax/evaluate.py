@@ -108,6 +108,8 @@ def load_run(run_dir: str | pathlib.Path, which: str = "best", *, config_name: s
   run_dir = pathlib.Path(run_dir)
   mesh = mesh or parallel.make_mesh()
   if (run_dir / IMPORTED_MODEL_FILE).is_file():
+    if which != "best":
+      raise ValueError(f"--checkpoint {which}: {run_dir} holds one set of imported weights; drop --checkpoint")
     return _load_imported(run_dir, config_name, overrides, mesh)
   if not (run_dir / checkpoint.CHECKPOINTS_DIR).is_dir():
     raise checkpoint.CheckpointError(
