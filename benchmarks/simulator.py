@@ -10,12 +10,15 @@ float64 with the same grid, PSF and supersampling: three `ImageModel`s built onc
 light, field galaxies) with every clump and field slot present (unused ones at zero amplitude, as the JAX
 renderer evaluates them). lenstronomy makes the three channels only; the headline ratio compares that with
 the JAX render *including* its masks. The two renderings are also compared pixel by pixel on a few scenes.
+--breakdown times the scene with parts switched off (field galaxies, clumps, percentile masks, PSF), with
+lenstronomy on the same reduced scenes, to show where the time goes and the ratio per scene content.
 Set JAX_NUM_CPU_DEVICES (default here: one device per CPU core) to change how the batch is split over cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -106,6 +109,64 @@ def time_lenstronomy(renderer: LenstronomyRenderer, batch_scenes: dict[str, np.n
   return dict(images=count, median_seconds=median, images_per_second=count / median)
 
 
+def time_numpy_masks(simulator: Simulator, indices: np.ndarray, repeats: int) -> float:
+  """Median seconds per image of the numpy mask rule (what lenstronomy users add to get the same outputs)."""
+  batch = simulator.render(indices)
+  seconds = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    simulator.masks.apply(batch["lens"], batch["arcs"])
+    seconds.append(time.perf_counter() - start)
+  return statistics.median(seconds) / len(indices)
+
+
+# Scene content switched off one part at a time, to show where the time goes.
+BREAKDOWN = {
+    "full scene": {},
+    "no field galaxies": dict(field_galaxies_max=0),
+    "no clumps": dict(clumps_max=0),
+    "peak-fraction masks (no percentile search)": dict(mask_rule="peak_fraction"),
+    "no PSF": dict(psf="none"),
+    "lens + lensed Sersic only, peak-fraction masks, no PSF": dict(
+        field_galaxies_max=0, clumps_max=0, mask_rule="peak_fraction", psf="none"),
+}
+
+
+def time_breakdown(sim_config: cfg.SimConfig, seed: int, batch_size: int, repeats: int,
+                   lenstronomy_images: int) -> dict[str, dict[str, float]]:
+  """images/s of `render` (and of lenstronomy on the same scenes, if importable) for each entry of BREAKDOWN.
+
+  The JAX repeats are interleaved over the variants, so drifts in the machine's load hit all alike.
+  """
+  simulators = {name: Simulator(dataclasses.replace(sim_config, **changes), seed)
+                for name, changes in BREAKDOWN.items()}
+  for simulator in simulators.values():
+    simulator.render(np.arange(batch_size))
+  seconds = {name: [] for name in simulators}
+  for repeat in range(1, repeats + 1):
+    for name, simulator in simulators.items():
+      start = time.perf_counter()
+      simulator.render(np.arange(repeat * batch_size, (repeat + 1) * batch_size))
+      seconds[name].append(time.perf_counter() - start)
+  rows = {name: dict(jax_images_per_second=batch_size / statistics.median(values))
+          for name, values in seconds.items()}
+  if lenstronomy_available() and sim_config.psf != "moffat":
+    scene_indices = np.arange(10**6, 10**6 + lenstronomy_images)
+    for name, simulator in simulators.items():
+      timing = time_lenstronomy(LenstronomyRenderer(simulator.config), simulator.scenes(scene_indices), 1)
+      rows[name]["lenstronomy_images_per_second"] = timing["images_per_second"]
+      rows[name]["ratio"] = rows[name]["jax_images_per_second"] / timing["images_per_second"]
+  return rows
+
+
+def lenstronomy_available() -> bool:
+  try:
+    import lenstronomy  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
 def compare(simulator: Simulator, renderer: LenstronomyRenderer, indices: np.ndarray) -> dict[str, float]:
   """Largest |JAX - lenstronomy| per channel, relative to that channel's peak, over the scenes `indices`."""
   ours = simulator.render(indices)
@@ -126,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--lenstronomy-images", type=int, default=64, help="scenes timed with lenstronomy")
   parser.add_argument("--check-images", type=int, default=8, help="scenes compared pixel by pixel")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--breakdown", action="store_true",
+                      help="also time the scene with parts switched off (field galaxies, clumps, masks, PSF)")
   parser.add_argument("--out", type=pathlib.Path, help="write the figures as JSON here")
   args, overrides = parser.parse_known_args(argv)
   config = cfg.Config()
@@ -146,17 +209,25 @@ def main(argv: list[str] | None = None) -> int:
   for batch_size in batch_sizes:
     results["jax_render"].append(time_jax(simulator, batch_size, args.repeats))
 
-  lenstronomy = None
-  try:
-    import lenstronomy
-  except ImportError:
+  if not lenstronomy_available():
     print("lenstronomy is not installed (pip install lensjax[bench]): JAX figures only")
-  if lenstronomy is not None:
+  elif sim_config.psf == "moffat":
+    print("the lenstronomy comparison covers psf 'gaussian' and 'none': JAX figures only")
+  else:
+    import lenstronomy
     renderer = LenstronomyRenderer(sim_config)
     scene_indices = np.arange(10**6, 10**6 + args.lenstronomy_images)
     lenstronomy_timing = time_lenstronomy(renderer, simulator.scenes(scene_indices), max(1, args.repeats // 2))
     results["lenstronomy"] = dict(version=lenstronomy.__version__, **lenstronomy_timing)
     results["max_relative_difference"] = compare(simulator, renderer, np.arange(args.check_images))
+    mask_seconds = time_numpy_masks(simulator, scene_indices, max(1, args.repeats // 2))
+    results["lenstronomy"]["with_numpy_masks_images_per_second"] = 1 / (
+        1 / lenstronomy_timing["images_per_second"] + mask_seconds)
+  if args.breakdown:
+    batch_size = max(batch_sizes)
+    results["breakdown_batch_size"] = batch_size
+    results["breakdown"] = time_breakdown(sim_config, args.seed, batch_size, args.repeats,
+                                          args.lenstronomy_images)
   results["load_average_after"] = os.getloadavg()
 
   reference = results.get("lenstronomy", {}).get("images_per_second")
@@ -170,10 +241,20 @@ def main(argv: list[str] | None = None) -> int:
       line += f" {row['speedup_vs_lenstronomy']:>14.1f}"
     print(line)
   if reference:
+    with_masks = results["lenstronomy"]["with_numpy_masks_images_per_second"]
+    best = max(row["images_per_second"] for row in results["jax_render"])
     print(f"lenstronomy {results['lenstronomy']['version']}: {reference:.0f} images/s "
-          f"({results['lenstronomy']['images']} scenes, observed + lens + arcs, no masks)")
+          f"({results['lenstronomy']['images']} scenes, observed + lens + arcs, no masks; the ratio column); "
+          f"{with_masks:.0f} images/s with numpy percentile masks added (best JAX batch: "
+          f"{best / with_masks:.1f}x that)")
     print("max |JAX - lenstronomy| / channel peak over "
           f"{args.check_images} scenes: " + ", ".join(f"{k} {v:.1e}" for k, v in results["max_relative_difference"].items()))
+  if args.breakdown:
+    print(f"breakdown at batch {results['breakdown_batch_size']}, parts switched off (images/s):")
+    print(f"  {'JAX':>8} {'lenstr.':>8} {'ratio':>6}  scene")
+    for name, row in results["breakdown"].items():
+      print(f"  {row['jax_images_per_second']:>8.0f} {row.get('lenstronomy_images_per_second', float('nan')):>8.0f} "
+            f"{row.get('ratio', float('nan')):>6.1f}  {name}")
   print(f"load average after: {os.getloadavg()}")
   if args.out:
     args.out.parent.mkdir(parents=True, exist_ok=True)

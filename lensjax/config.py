@@ -301,7 +301,8 @@ class SimConfig:
   mask_noise_k: float = 3.0        # 'noise' rule: pixels above k x the background sigma of the noise model
   mask_peak_fraction: float = 0.1  # 'peak_fraction' rule: pixels >= this fraction of the channel's peak
   # Rendering.
-  max_batch: int = 128             # images per compiled call; smaller requests are padded to a power of two
+  render_chunk: int = 8            # images per device per compiled call; requests are padded to whole chunks.
+                                   # Images are bit-identical by (seed, index) for a given render_chunk
 
 
 @dataclasses.dataclass

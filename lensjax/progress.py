@@ -17,13 +17,14 @@ def _fmt(values: dict[str, float], keys: Sequence[str]) -> str:
 class TrainingProgress:
   """Steps done, loss, main-output loss, images/s and ETA; validation results printed above the bar."""
 
-  def __init__(self, total_steps: int, enabled: bool = True, start_step: int = 0):
+  def __init__(self, total_steps: int, enabled: bool = True, start_step: int = 0, label: str = "train"):
     self.enabled = enabled
-    self.console = Console(stderr=True)
+    self.console = Console(stderr=True, soft_wrap=True)   # log lines stay whole in files and CI logs
     self.live = enabled and self.console.is_terminal
     self.total_steps = total_steps
+    self.label = label
     self._progress = rich_progress.Progress(
-        rich_progress.TextColumn("[bold]train"), rich_progress.BarColumn(),
+        rich_progress.TextColumn(f"[bold]{label}"), rich_progress.BarColumn(),
         rich_progress.MofNCompleteColumn(), rich_progress.TextColumn("{task.fields[status]}"),
         rich_progress.TimeRemainingColumn(), console=self.console, disable=not self.live)
     self._task = self._progress.add_task("train", total=total_steps, completed=start_step, status="")
@@ -44,7 +45,7 @@ class TrainingProgress:
     if self.live:
       self._progress.update(self._task, completed=step, status=status.replace("images_per_sec", "img/s"))
     else:
-      self.console.print(f"step {step}/{self.total_steps}  {status}", highlight=False)
+      self.console.print(f"{self.label} step {step}/{self.total_steps}  {status}", highlight=False)
 
   def report(self, step: int, values: dict[str, float], targets: Sequence[str], split: str = "val") -> None:
     """Prints one line of evaluation results: IoU and Dice per target, and the loss."""

@@ -21,6 +21,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import json
+import os
 import pathlib
 import sys
 import time
@@ -147,4 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  # One JAX CPU device per core, so the simulator renders a chunk per core at once (its per-image mask
+  # search is single-threaded XLA code). Set before JAX starts; export the variable to override it.
+  os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(os.cpu_count() or 1))
   sys.exit(main())

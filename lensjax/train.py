@@ -15,6 +15,7 @@ The run directory (`--workdir`, default runs/<config name>) gets:
                      `checkpoint.best_metric` are kept
   curves.png, predictions.png   figures refreshed at each evaluation (`lensjax.plots`)
   tensorboard/       TensorBoard event files, with `--config.train.tensorboard=true`
+  gt_encoder/        IS-Net's trained ground-truth encoder, with `--config.train.feature_sync=true`
 
 Resuming: rerunning with the same run directory continues from its newest complete checkpoint and prints
 `resumed from step N`; the result is the same as an uninterrupted run (same batches, same random keys, same
@@ -49,7 +50,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from lensjax import checkpoint, data, metrics, models, parallel, plots, progress, train_step
+from lensjax import checkpoint, data, feature_sync, metrics, models, parallel, plots, progress, train_step
 from lensjax import config as cfg
 from lensjax.data import sources
 
@@ -58,7 +59,7 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 # What a run writes into its directory; `--restart` deletes these (and nothing else).
 RUN_OUTPUTS = (CONFIG_FILE, METRICS_FILE, plots.CURVES_FILE, plots.PREDICTIONS_FILE, TENSORBOARD_DIR,
-               checkpoint.CHECKPOINTS_DIR, checkpoint.BROKEN_DIR)
+               checkpoint.CHECKPOINTS_DIR, checkpoint.BROKEN_DIR, feature_sync.ENCODER_DIR)
 # Config keys that may change when a run resumes: they change what is logged, kept or how fast data are read,
 # not the batches, the parameters or the optimizer.
 RESUMABLE_CHANGES = frozenset({
@@ -407,7 +408,10 @@ def train_and_evaluate(config: cfg.Config, workdir: str | pathlib.Path, *, resta
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model_and_optimizer(config, config.train.seed)))
   state_sharding = parallel.state_shardings(abstract, mesh, config.train.fsdp)
   loss_fn = train_step.make_loss_fn(config)
-  train = train_step.compile_train_step(graphdef, loss_fn, mesh, state_sharding)
+  # IS-Net feature synchronisation: stage 1 trains (or, resuming, reloads) the ground-truth encoder.
+  frozen = feature_sync.train_gt_encoder(config, mesh, workdir) if config.train.feature_sync else None
+  frozen_state = None if frozen is None else frozen.state
+  train = train_step.compile_train_step(graphdef, loss_fn, mesh, state_sharding, frozen)
   per_process_eval = config.train.eval_batch_size // jax.process_count()
   panel_images = min(config.train.figure_images, per_process_eval)
   evaluation_step = compile_evaluation_step(graphdef, loss_fn, mesh, state_sharding, panel_images)
@@ -454,9 +458,15 @@ def train_and_evaluate(config: cfg.Config, workdir: str | pathlib.Path, *, resta
 
   with checkpoints, checkpoint.StopSignals(mesh) as stop, bar:
     try:
+      if start_step == 0:     # the untrained model: where the validation curves start
+        evaluation = evaluate_split(evaluation_step, state, val_loader, mesh, config.data.targets)
+        last = evaluation.metrics
+        log.write(0, "val", last)
+        bar.report(0, last, config.data.targets)
+        _refresh_figures(workdir, config, evaluation, 0)
       for step in range(start_step + 1, config.train.num_steps + 1):
         batch = parallel.global_batch(next(train_iter), mesh)
-        state, step_metrics = train(state, None, batch, jax.random.fold_in(base_key, step))
+        state, step_metrics = train(state, frozen_state, batch, jax.random.fold_in(base_key, step))
         window.add(step, step_metrics, config.train.batch_size)
         last_step = step == config.train.num_steps
 

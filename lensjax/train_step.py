@@ -104,7 +104,7 @@ def train_step_fn(graphdef, loss_fn: LossFn, frozen: FrozenEncoder | None = None
 
     (loss, (terms, logits)), grads = nnx.value_and_grad(objective, has_aux=True)(model)
     optimizer.update(model, grads)
-    step_metrics = {"loss": loss, **terms, "grad_norm": optax.global_norm(grads),
+    step_metrics = {"loss": loss, **terms, "grad_norm": optax.tree.norm(grads),
                     "sums": metrics.batch_sums(logits, batch["mask"])}
     return nnx.state((model, optimizer)), step_metrics
 

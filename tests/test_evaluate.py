@@ -24,7 +24,8 @@ def test_evaluate_the_best_checkpoint_on_the_validation_split_matches_the_traini
                               tiny_run.compile_cache(tmp_path_factory), tmp_path / "evaluate.log")
   assert code == 0, output[-3000:]
   report = json.loads(out.with_suffix(".json").read_text())
-  validation = {r["step"]: r for r in tiny_run.read_metrics(run_dir) if r["split"] == "val"}
+  # Evaluation steps with a checkpoint (not step 0, the untrained model).
+  validation = {r["step"]: r for r in tiny_run.read_metrics(run_dir) if r["split"] == "val" and r["step"] > 0}
   best = max(validation, key=lambda step: validation[step]["iou/mean"])
   assert report["step"] == best and report["split"] == "val" and report["images"] == 16
   for key, value in validation[best].items():

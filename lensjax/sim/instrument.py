@@ -100,17 +100,27 @@ def convolve_separable(image: jax.Array, taps: np.ndarray) -> jax.Array:
   return sum(w * padded[..., :, k:k + width] for k, w in enumerate(weights))
 
 
+# Kernels up to this radius are applied as shifted adds (fast, but one slice per tap in the program);
+# larger ones with lax.conv_general_dilated (slow on CPU, compact to compile).
+SHIFTED_ADD_MAX_RADIUS = 4
+
+
 def convolve_kernel(image: jax.Array, kernel: np.ndarray) -> jax.Array:
   """Convolves (..., H, W) with a 2-D (2r + 1, 2r + 1) kernel, replicating edge pixels.
 
-  Used for the (non-separable) Moffat PSF: (2r + 1)^2 shifted, weighted adds of the edge-padded image.
+  Used for the (non-separable) Moffat PSF.
   """
   radius = (kernel.shape[0] - 1) // 2
   height, width = image.shape[-2:]
   padded = _pad_edge(image, radius, radius)
   flipped = kernel[::-1, ::-1]
-  return sum(np.float32(flipped[a, b]) * padded[..., a:a + height, b:b + width]
-             for a in range(kernel.shape[0]) for b in range(kernel.shape[1]))
+  if radius <= SHIFTED_ADD_MAX_RADIUS:
+    return sum(np.float32(flipped[a, b]) * padded[..., a:a + height, b:b + width]
+               for a in range(kernel.shape[0]) for b in range(kernel.shape[1]))
+  batch = padded.shape[:-2]
+  flat = padded.reshape((-1, 1) + padded.shape[-2:])
+  blurred = jax.lax.conv_general_dilated(flat, jnp.asarray(flipped, jnp.float32)[None, None], (1, 1), "VALID")
+  return blurred.reshape(batch + (height, width))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -59,13 +59,39 @@ def _poisson_capped_cdf(mean: float, cap: int) -> np.ndarray:
   return np.cumsum(probabilities).astype(np.float32)
 
 
+class _Draws:
+  """Hands out consecutive entries of one vector of uniform draws, as uniforms or standard normals.
+
+  Every scene uses one `jax.random.uniform` call: each threefry call is inlined into the compiled program,
+  and a dozen of them made compilation 5x slower. Normals are sqrt(2) erfinv(2u - 1), as jax.random.normal.
+  """
+
+  def __init__(self, key: jax.Array, count: int):
+    self._values = jax.random.uniform(key, (count,), minval=np.float32(2**-25), maxval=1.0)
+    self.used = 0
+
+  def uniform(self, *shape: int) -> jax.Array:
+    size = math.prod(shape)
+    values = self._values[self.used:self.used + size].reshape(shape)
+    self.used += size
+    return values
+
+  def normal(self, *shape: int) -> jax.Array:
+    return np.float32(math.sqrt(2)) * jax.scipy.special.erfinv(2 * self.uniform(*shape) - 1)
+
+
+def draws_per_scene(config: SimConfig) -> int:
+  """How many uniform draws `sample_scene` uses: 22 + 4 per clump slot + 1 + 7 per field-galaxy slot."""
+  return 22 + 4 * config.clumps_max + 1 + 7 * config.field_galaxies_max
+
+
 def sample_scene(key: jax.Array, config: SimConfig) -> dict[str, jax.Array]:
   """Draws one scene from the priors of `config`; see the module docstring. Traceable (vmap over keys)."""
-  lens_key, source_key, clump_key, field_key = jax.random.split(key, 4)
   c = config
-  # Lens: 12 uniforms and 5 normals.
-  u = jax.random.uniform(lens_key, (12,))
-  g = jax.random.normal(jax.random.fold_in(lens_key, 1), (6,))
+  draws = _Draws(key, draws_per_scene(c))
+  # Lens: 7 uniforms and 6 normals.
+  u = draws.uniform(7)
+  g = draws.normal(6)
   is_lens = u[0] < c.lens_fraction
   theta_E = jnp.where(is_lens, _uniform(u[1], c.theta_E_min, c.theta_E_max), 0.0)
   q = _uniform(u[2], c.mass_q_min, 1.0)
@@ -84,9 +110,10 @@ def sample_scene(key: jax.Array, config: SimConfig) -> dict[str, jax.Array]:
       lens_R_sersic=lens_R, lens_n_sersic=lens_n,
       lens_amp=lens_flux / profiles.sersic_total_flux_per_amp(lens_R, lens_n), lens_flux=lens_flux)
 
-  # Source: position in a disc around the lens, flux relative to the lens, split between Sersic and clumps.
-  u = jax.random.uniform(source_key, (8,))
-  g = jax.random.normal(jax.random.fold_in(source_key, 1), (2,))
+  # Source: 7 uniforms and 2 normals; position in a disc around the lens, flux relative to the lens,
+  # split between the Sersic and the clumps.
+  u = draws.uniform(7)
+  g = draws.normal(2)
   radius = c.source_position_max * theta_E * jnp.sqrt(u[0])
   position_angle = 2 * math.pi * u[1]
   source_e1, source_e2 = _cap_modulus(c.source_e_sigma * g[0], c.source_e_sigma * g[1], c.source_e_max)
@@ -108,7 +135,7 @@ def sample_scene(key: jax.Array, config: SimConfig) -> dict[str, jax.Array]:
 
   # Clumps: fixed slots, the first n_clumps active, flux shared with random weights.
   slots = c.clumps_max
-  u = jax.random.uniform(clump_key, (4, slots))
+  u = draws.uniform(4, slots)
   active = jnp.arange(slots) < n_clumps
   weights = jnp.where(active, 0.5 + u[0], 0.0)
   clump_radius = c.clump_offset_max * jnp.sqrt(u[1])
@@ -121,11 +148,11 @@ def sample_scene(key: jax.Array, config: SimConfig) -> dict[str, jax.Array]:
 
   # Field galaxies: capped Poisson count, uniform over the stamp.
   slots = c.field_galaxies_max
-  count_draw = jax.random.uniform(jax.random.fold_in(field_key, 2))
+  count_draw = draws.uniform(1)[0]
   n_field = jnp.sum(count_draw > _poisson_capped_cdf(c.field_galaxies_mean, c.field_galaxies_max)).astype(
       jnp.float32)
-  u = jax.random.uniform(field_key, (4, slots))
-  g = jax.random.normal(jax.random.fold_in(field_key, 1), (3, slots))
+  u = draws.uniform(4, slots)
+  g = draws.normal(3, slots)
   half_width = 0.5 * c.image_size * c.pixel_scale
   field_e1, field_e2 = _cap_modulus(c.field_e_sigma * g[0], c.field_e_sigma * g[1], FIELD_E_MAX)
   field_R = _uniform(u[2], c.field_R_sersic_min, c.field_R_sersic_max)
@@ -137,6 +164,7 @@ def sample_scene(key: jax.Array, config: SimConfig) -> dict[str, jax.Array]:
       field_x=_uniform(u[0], -half_width, half_width), field_y=_uniform(u[1], -half_width, half_width),
       field_e1=field_e1, field_e2=field_e2, field_R_sersic=field_R, field_n_sersic=field_n,
       field_amp=field_flux / profiles.sersic_total_flux_per_amp(field_R, field_n), field_flux=field_flux)
+  assert draws.used == draws_per_scene(c), "draws_per_scene is out of step with sample_scene"
   return {name: value.astype(jnp.float32) for name, value in scene.items()}
 
 

@@ -6,15 +6,19 @@
     batch["masks"]                                     # (64, H, W, 2) uint8, (lens, arcs)
     batch["params"]["theta_E"]                         # (64,) float32, one entry per parameter
 
-Every image is a pure function of (seed, index): its random key is `fold_in(key(seed), index)`, so an index
-gives the same bits in any batch, order or process. Requests are cut into chunks of at most
-`config.max_batch` images and each chunk is padded to a power of two, so at most log2(max_batch) + 1
-compilations of one `jit(vmap(...))` happen per simulator.
+Every image is a pure function of (seed, index): its random key is `fold_in(key(seed), index)`, and every
+image goes through the same compiled program, one `jit(vmap(...))` over a fixed chunk of
+`config.render_chunk` images: requests are padded to whole chunks. (XLA compiles a different batch size,
+or a `shard_map` over several devices, into different code whose float rounding differs in the last bit, so
+power-of-two buckets or a sharded batch would not give bit-identical images.) With several local devices
+(e.g. `JAX_NUM_CPU_DEVICES=2`, one per core) the chunks of a request are dealt out over them and run
+concurrently; the program is compiled once per device and gives the same bits on each.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -28,12 +32,14 @@ from lensjax.sim import instrument, masks, scenes
 MEASURED_KEYS = ("arc_flux", "arc_peak", "arc_snr", "magnification", "lens_mask_pixels", "arc_mask_pixels")
 PARAM_KEYS = scenes.SCENE_SCALAR_KEYS + MEASURED_KEYS
 MAX_INDEX = 2**32 - 1   # indices are folded into the key as uint32
-MASK_GROUP = 8          # images per vectorised mask search (see `_render_batch`)
+MAX_PSF_RADIUS = 32     # pixels; the separable Gaussian is one slice per tap in the compiled program
 
 
 def _require(config: SimConfig, name: str, low: float, high: float, *, low_open: bool = False,
              high_open: bool = False) -> None:
   value = getattr(config, name)
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    raise ValueError(f"config.sim.{name} must be a number; got {value!r}")
   above_low = value > low if low_open else value >= low
   below_high = value < high if high_open else value <= high
   if not (above_low and below_high):   # also false for NaN
@@ -55,7 +61,7 @@ def _require_choice(config: SimConfig, name: str, choices: Sequence[str]) -> Non
 
 def check_config(config: SimConfig) -> None:
   """Raises ValueError naming the first `SimConfig` field outside its allowed range (NaN included)."""
-  for name in ("image_size", "supersampling", "num_exposures", "clumps_max", "field_galaxies_max", "max_batch"):
+  for name in ("image_size", "supersampling", "num_exposures", "clumps_max", "field_galaxies_max", "render_chunk"):
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
       raise ValueError(f"config.sim.{name} must be an integer; got {value!r}")
@@ -66,6 +72,11 @@ def check_config(config: SimConfig) -> None:
   _require(config, "psf_fwhm", 0, 100, low_open=True)
   _require(config, "psf_truncation", 0, 50, low_open=True)
   _require(config, "moffat_beta", 1, 100, low_open=True)
+  if config.psf != "none":
+    radius = int(config.psf_truncation * config.psf_fwhm / instrument.FWHM_PER_SIGMA / config.pixel_scale + 0.5)
+    if radius > MAX_PSF_RADIUS:
+      raise ValueError(f"config.sim.psf_fwhm x psf_truncation gives a {radius}-pixel PSF radius; at most "
+                       f"{MAX_PSF_RADIUS} pixels (lower psf_truncation or psf_fwhm, or raise pixel_scale)")
   _require_choice(config, "noise", ("none", "gaussian", "poisson"))
   _require(config, "exposure_time", 0, 1e9, low_open=True)
   _require(config, "num_exposures", 1, 100_000)
@@ -115,9 +126,7 @@ def check_config(config: SimConfig) -> None:
   _require(config, "arc_mask_percentile", 0, 100, high_open=True)
   _require(config, "mask_noise_k", 0, 1e6, low_open=True)
   _require(config, "mask_peak_fraction", 0, 1, low_open=True)
-  _require(config, "max_batch", 1, 4096)
-  if config.max_batch & (config.max_batch - 1):
-    raise ValueError(f"config.sim.max_batch must be a power of two; got {config.max_batch}")
+  _require(config, "render_chunk", 1, 1024)
 
 
 def noise_model(config: SimConfig) -> instrument.NoiseModel:
@@ -135,11 +144,6 @@ def mask_rule(config: SimConfig) -> masks.MaskRule:
                         noise_sigma=noise_model(config).background_sigma, peak_fraction=config.mask_peak_fraction)
 
 
-def bucket_size(count: int, max_batch: int) -> int:
-  """The compiled batch size that serves `count` (1 <= count <= max_batch) images: the next power of two."""
-  return min(max_batch, 1 << max(count - 1, 0).bit_length())
-
-
 def _check_indices(indices: np.ndarray | Sequence[int]) -> np.ndarray:
   array = np.asarray(indices)
   if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
@@ -149,46 +153,32 @@ def _check_indices(indices: np.ndarray | Sequence[int]) -> np.ndarray:
   return array.astype(np.uint32)
 
 
-class Simulator:
-  """Renders lens/non-lens scenes drawn from the priors of a `SimConfig`, deterministically by index.
+class _Programs:
+  """The compiled functions of one config, shared by every `Simulator` with an equal config (any seed).
 
-  Attributes:
-    config: the (checked) simulator config.
-    seed: the dataset seed; with an index it fixes an image.
-    optics, noise, masks: the pixel grid and PSF, the detector noise model and the mask rule of `config`.
+  render(seed, indices) and scenes(seed, indices) take a uint32 seed and a (render_chunk,) uint32 index array.
   """
 
-  def __init__(self, config: SimConfig, seed: int):
-    check_config(config)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-      raise ValueError(f"seed must be an integer in [0, 2^32); got {seed!r}")
-    self.config = dataclasses.replace(config)
-    self.seed = int(seed)
+  def __init__(self, config: SimConfig):
+    self.config = config
     self.optics = scenes.Optics.from_config(config)
     self.noise = noise_model(config)
     self.masks = mask_rule(config)
-    # Images are independent, so a batch is split over the local devices (e.g. several CPU devices, one per
-    # core: XLA runs the per-image mask search single-threaded, so one CPU device leaves cores idle).
-    self.devices = jax.local_devices()
-    self._mesh = jax.sharding.Mesh(np.array(self.devices), ("images",))
-    self._render_jit = jax.jit(self._render_batch)
-    self._render_sharded_jit = jax.jit(jax.shard_map(
-        self._render_batch, mesh=self._mesh, in_specs=jax.P("images"), out_specs=jax.P("images"),
-        check_vma=False))
-    self._scenes_jit = jax.jit(self._scenes_batch)
+    self.render = jax.jit(self._render_batch)
+    self.scenes = jax.jit(self._scenes_batch)
 
-  def _image_keys(self, indices: jax.Array) -> jax.Array:
-    base = jax.random.key(self.seed)
+  @staticmethod
+  def _image_keys(seed: jax.Array, indices: jax.Array) -> jax.Array:
+    base = jax.random.key(seed)
     return jax.vmap(lambda index: jax.random.fold_in(base, index))(indices)
 
-  def _scenes_batch(self, indices: jax.Array) -> dict[str, jax.Array]:
-    scene_keys = jax.vmap(lambda key: jax.random.fold_in(key, 0))(self._image_keys(indices))
+  def _scenes_batch(self, seed: jax.Array, indices: jax.Array) -> dict[str, jax.Array]:
+    scene_keys = jax.vmap(lambda key: jax.random.fold_in(key, 0))(self._image_keys(seed, indices))
     return jax.vmap(lambda key: scenes.sample_scene(key, self.config))(scene_keys)
 
-  def _render_batch(self, indices: jax.Array) -> dict[str, jax.Array]:
-    image_keys = self._image_keys(indices)
-    noise_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(image_keys)
-    batch_scenes = self._scenes_batch(indices)
+  def _render_batch(self, seed: jax.Array, indices: jax.Array) -> dict[str, jax.Array]:
+    noise_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(self._image_keys(seed, indices))
+    batch_scenes = self._scenes_batch(seed, indices)
     images = jax.vmap(lambda scene: scenes.render_scene(scene, self.optics))(batch_scenes)
     lens, arcs = images["lens"], images["arcs"]
     observed = lens + arcs + images["field"]
@@ -196,12 +186,12 @@ class Simulator:
       observed = jax.vmap(self.noise.add_gaussian)(noise_keys, observed)
     elif self.config.noise == "poisson":
       observed = jax.vmap(self.noise.add_poisson)(noise_keys, observed)
-    # In groups of MASK_GROUP images: each group's search loop runs until its slowest image is done, and a
-    # small group ends sooner than the whole batch (measured 1.6x faster than one vmap over 128 images).
-    mask_pairs = jax.lax.map(lambda pair: self.masks.apply_jnp(*pair), (lens, arcs), batch_size=MASK_GROUP)
+    mask_pairs = jax.vmap(self.masks.apply_jnp)(lens, arcs)
     params = {name: batch_scenes[name] for name in scenes.SCENE_SCALAR_KEYS}
     params.update(self._measure(batch_scenes, lens, arcs, images["field"], mask_pairs))
-    return dict(observed=observed, lens=lens, arcs=arcs, masks=mask_pairs.astype(jnp.uint8), params=params)
+    # One (B, len(PARAM_KEYS)) output instead of 30 small ones: each output buffer costs the host ~10 us.
+    packed_params = jnp.stack([params[name] for name in PARAM_KEYS], axis=1)
+    return dict(observed=observed, lens=lens, arcs=arcs, masks=mask_pairs.astype(jnp.uint8), params=packed_params)
 
   def _measure(self, batch_scenes, lens, arcs, field, mask_pairs) -> dict[str, jax.Array]:
     """Per-image arc brightness measures and mask sizes, (B,) float32 each."""
@@ -218,25 +208,46 @@ class Simulator:
         lens_mask_pixels=mask_pairs[..., 0].sum(axis=(1, 2)).astype(jnp.float32),
         arc_mask_pixels=mask_pairs[..., 1].sum(axis=(1, 2)).astype(jnp.float32))
 
+
+@functools.lru_cache(maxsize=8)
+def _programs_for(config_fields: tuple) -> _Programs:
+  return _Programs(SimConfig(**dict(config_fields)))
+
+
+class Simulator:
+  """Renders lens/non-lens scenes drawn from the priors of a `SimConfig`, deterministically by index.
+
+  Simulators with equal configs share their compiled program (the seed is an argument of it), so making
+  another one, e.g. per data split or per worker, costs no compilation.
+
+  Args:
+    config: the simulator config (checked: a bad field raises ValueError naming it).
+    seed: the dataset seed in [0, 2^32); with an index it fixes an image.
+    devices: where to render (default: every local device of the default backend). Pass e.g.
+      `jax.devices("cpu")[:1]` to keep rendering off the accelerators a training step uses.
+
+  Attributes:
+    optics, noise, masks: the pixel grid and PSF, the detector noise model and the mask rule of `config`.
+  """
+
+  def __init__(self, config: SimConfig, seed: int, devices: Sequence[jax.Device] | None = None):
+    check_config(config)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+      raise ValueError(f"seed must be an integer in [0, 2^32); got {seed!r}")
+    self.config = dataclasses.replace(config)
+    self.seed = int(seed)
+    self._programs = _programs_for(tuple(dataclasses.asdict(self.config).items()))
+    self.optics, self.noise, self.masks = self._programs.optics, self._programs.noise, self._programs.masks
+    self.devices = list(devices) if devices is not None else jax.local_devices()
+    if not self.devices:
+      raise ValueError("devices must name at least one device")
+
   def _chunks(self, indices: np.ndarray):
-    """Yields (padded uint32 chunk, number of real images) for the compiled batch sizes.
-
-    A request of up to max_batch images is padded to the next power of two; a longer one is cut into chunks
-    of max_batch, its tail padded to max_batch too, so it needs no compilation beyond that one size.
-    """
-    for start in range(0, len(indices), self.config.max_batch):
-      chunk = indices[start:start + self.config.max_batch]
-      bucket = self.config.max_batch if len(indices) > self.config.max_batch else bucket_size(
-          len(chunk), self.config.max_batch)
-      padding = bucket - len(chunk)
-      yield np.concatenate([chunk, np.repeat(chunk[-1:], padding)]), len(chunk)
-
-  def _render_chunk(self, chunk: np.ndarray) -> dict[str, jax.Array]:
-    """Starts rendering one padded chunk, split over the local devices when it divides evenly."""
-    if len(self.devices) > 1 and len(chunk) % len(self.devices) == 0:
-      sharding = jax.sharding.NamedSharding(self._mesh, jax.P("images"))
-      return self._render_sharded_jit(jax.device_put(chunk, sharding))
-    return self._render_jit(jnp.asarray(chunk))
+    """Yields (uint32 indices padded to render_chunk, number of real images); the padding repeats the last."""
+    chunk = self.config.render_chunk
+    for start in range(0, len(indices), chunk):
+      part = indices[start:start + chunk]
+      yield np.concatenate([part, np.repeat(part[-1:], chunk - len(part))]), len(part)
 
   def render(self, indices: np.ndarray | Sequence[int]) -> dict:
     """Images, masks and parameters of the images `indices` (1-D integers in [0, 2^32)).
@@ -258,10 +269,16 @@ class Simulator:
       return dict(observed=empty, lens=empty.copy(), arcs=empty.copy(),
                   masks=np.zeros((0, size, size, 2), np.uint8),
                   params={name: np.zeros(0, np.float32) for name in PARAM_KEYS})
-    # Dispatch every chunk before reading any back, so rendering overlaps the copies out.
-    pending = [(self._render_chunk(chunk), count) for chunk, count in self._chunks(indices)]
+    # Dispatch every chunk (round robin over the devices) before reading any back: the devices run
+    # concurrently and rendering overlaps the copies out.
+    seed = np.uint32(self.seed)
+    pending = [(self._programs.render(seed, jax.device_put(padded, self.devices[number % len(self.devices)])),
+                count) for number, (padded, count) in enumerate(self._chunks(indices))]
     parts = [jax.tree.map(lambda a, n=count: np.asarray(a)[:n], out) for out, count in pending]
-    return jax.tree.map(lambda *arrays: np.concatenate(arrays), *parts)
+    batch = jax.tree.map(lambda *arrays: np.concatenate(arrays), *parts)
+    batch["params"] = {name: np.ascontiguousarray(batch["params"][:, column])
+                       for column, name in enumerate(PARAM_KEYS)}
+    return batch
 
   def scenes(self, indices: np.ndarray | Sequence[int]) -> dict[str, np.ndarray]:
     """The sampled scenes of `indices`: (N,) scalars and (N, slots) clump and field-galaxy arrays.
@@ -271,6 +288,7 @@ class Simulator:
     indices = _check_indices(indices)
     if not len(indices):
       raise ValueError("scenes() needs at least one index")
-    parts = [jax.tree.map(lambda a, n=count: np.asarray(a)[:n], self._scenes_jit(jnp.asarray(chunk)))
-             for chunk, count in self._chunks(indices)]
+    parts = [jax.tree.map(lambda a, n=count: np.asarray(a)[:n],
+                          self._programs.scenes(np.uint32(self.seed), jax.device_put(padded, self.devices[0])))
+             for padded, count in self._chunks(indices)]
     return jax.tree.map(lambda *arrays: np.concatenate(arrays), *parts)
