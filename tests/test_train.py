@@ -29,14 +29,14 @@ def read_metrics(workdir):
 
 @pytest.mark.slow
 def test_a_short_run_improves_validation_iou(tmp_path):
-  config = tiny_config(**{"data.targets": "lens", "train.num_steps": "150", "train.log_every": "25",
-                          "train.eval_every": "75", "optim.learning_rate": "3e-3"})
+  config = tiny_config(**{"data.targets": "lens", "train.num_steps": "300", "train.log_every": "50",
+                          "train.eval_every": "150", "optim.learning_rate": "3e-3"})
   final = train.train_and_evaluate(config, tmp_path)
   records = read_metrics(tmp_path)
   val = [r for r in records if r["split"] == "val"]
-  assert [r["step"] for r in val] == [0, 75, 150]          # the untrained model is evaluated first
+  assert [r["step"] for r in val] == [0, 150, 300]         # the untrained model is evaluated first
   assert {"step", "split", "loss", "loss/d1", "images_per_sec", "iou/lens"} <= set(records[0]) | set(records[1])
-  assert val[-1]["iou/lens"] > val[0]["iou/lens"] + 0.2, [r["iou/lens"] for r in val]
+  assert val[-1]["iou/lens"] > val[0]["iou/lens"] + 0.3, [r["iou/lens"] for r in val]   # 0 -> 0.72 measured
   assert final["iou/lens"] == val[-1]["iou/lens"]
   saved = cfg.config_from_json((tmp_path / "config.json").read_text())
   assert saved == config
