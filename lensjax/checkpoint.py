@@ -180,13 +180,13 @@ class Checkpoints:
       config: the run's config.
       metrics: the validation metrics at this step, if it was an evaluation step.
     """
+    if self.read_only:
+      raise CheckpointError(f"{self.directory} was opened read-only; cannot save step {step}")
     items = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data_iter=grain.checkpoint.CheckpointSave(data_iterator),
         meta=ocp.args.JsonSave({"step": step, "rng": rng_to_json(rng_key)}),
         config=ocp.args.JsonSave(cfg.to_dict(config)))
-    if self.read_only:
-      raise CheckpointError(f"{self.directory} was opened read-only; cannot save step {step}")
     values = {k: float(v) for k, v in (metrics or {}).items()}
     self._manager.save(step, args=items, metrics=values, force=True)
     return self.step_path(step)
