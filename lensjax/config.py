@@ -420,13 +420,26 @@ class TrainConfig:
   feature_sync: bool = False       # IS-Net: DIS intermediate supervision with a ground-truth encoder
   gt_encoder_steps: int = 500      # stage 1: steps training the ground-truth encoder on the masks
   feature_sync_weight: float = 1.0 # weight of the feature-synchronisation MSE in stage 2
+  figure_images: int = 4           # validation images in the image / truth / prediction figure refreshed at
+                                   # each evaluation (`predictions.png`); 0: only the curves (`curves.png`)
+  tensorboard: bool = False        # also write TensorBoard event files to <workdir>/tensorboard (needs the
+                                   # optional tensorboardX: pip install 'lensjax[tensorboard]')
 
 
 @dataclasses.dataclass
 class CheckpointConfig:
-  """Orbax checkpoints of the run."""
-  every_steps: int = 250
-  keep: int = 2                    # most recent checkpoints kept (plus the best)
+  """Orbax checkpoints of the run (`lensjax.checkpoint`), in <workdir>/checkpoints/<step>.
+
+  A checkpoint is saved, asynchronously, every `every_steps` steps, at the last step, and when the run is
+  asked to stop (SIGTERM, SIGUSR1). The `keep` most recent are kept, plus the best by `best_metric` among
+  those saved at an evaluation step (a step that is a multiple of `train.eval_every`, or the last step):
+  choose `every_steps` as a multiple or divisor of `train.eval_every` for the best to be tracked.
+  """
+  every_steps: int = 250           # steps between checkpoints; 0: only at the end and when asked to stop
+  keep: int = 2                    # most recent checkpoints kept (at least 1), plus the best
+  best_metric: str = "iou/mean"    # validation metric that ranks checkpoints, as named in metrics.jsonl
+                                   # (e.g. 'iou/arcs', 'dice/mean', 'loss')
+  best_mode: Literal["max", "min"] = "max"   # whether a larger or a smaller best_metric is better
 
 
 @dataclasses.dataclass

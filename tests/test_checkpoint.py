@@ -1,0 +1,157 @@
+"""Checkpoints keep the newest and the best, restore exactly, skip broken steps; stop signals become a request."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lensjax import checkpoint, parallel
+from lensjax import config as cfg
+from tests import tiny_run
+
+
+def _state(value: float) -> dict[str, jax.Array]:
+  return {"kernel": jnp.full((3, 4), value), "count": jnp.asarray(int(value), jnp.int32)}
+
+
+def _target(mesh):
+  state = _state(0.0)
+  return checkpoint.abstract_state(state, parallel.state_shardings(state, mesh, fsdp=False))
+
+
+def _iterator():
+  return iter(grain.MapDataset.range(100).to_iter_dataset())
+
+
+def _save_steps(store, values_by_step, iterator=None, config=None):
+  iterator = iterator or _iterator()
+  for step, metric in values_by_step.items():
+    next(iterator)
+    store.save(step, state=_state(step), data_iterator=iterator, rng_key=jax.random.key(step),
+               config=config or cfg.Config(), metrics=None if metric is None else {"iou/mean": metric, "loss": -metric})
+  store.wait_until_finished()
+
+
+@pytest.mark.parametrize("mode, best", [("max", 2), ("min", 6)])
+def test_keeps_the_newest_and_the_best_by_the_chosen_metric(tmp_path, mode, best):
+  options = cfg.CheckpointConfig(keep=2, best_metric="iou/mean", best_mode=mode)
+  with checkpoint.Checkpoints(tmp_path / "checkpoints", options) as store:
+    # Steps 3, 7 and 8 were not evaluation steps (no metrics): they rank last and go once no longer recent.
+    _save_steps(store, {1: 0.1, 2: 0.9, 3: None, 4: 0.3, 5: 0.2, 6: 0.05, 7: None, 8: None})
+    assert store.best_step() == (2 if mode == "max" else 6)
+    assert sorted(store.steps) == sorted({7, 8, best})
+    assert store.metrics(best)["iou/mean"] == pytest.approx({2: 0.9, 6: 0.05}[best])
+    assert store.metrics(8) == {}
+
+
+def test_restore_gives_back_state_key_config_and_the_iterator_position(tmp_path):
+  mesh = parallel.make_mesh()
+  config = cfg.Config(name="restore-test")
+  iterator = _iterator()
+  with checkpoint.Checkpoints(tmp_path / "checkpoints", cfg.CheckpointConfig(keep=3)) as store:
+    _save_steps(store, {5: 0.5}, iterator, config)
+    expected_next = next(iterator)
+  fresh = _iterator()
+  with checkpoint.Checkpoints(tmp_path / "checkpoints", cfg.CheckpointConfig(keep=3)) as store:
+    restored = store.restore_latest(_target(mesh), fresh)
+  assert restored.step == 5
+  np.testing.assert_array_equal(restored.state["kernel"], np.full((3, 4), 5.0))
+  assert int(restored.state["count"]) == 5 and restored.state["kernel"].sharding.is_equivalent_to(
+      parallel.replicated(mesh), 2)
+  np.testing.assert_array_equal(jax.random.key_data(restored.rng_key), jax.random.key_data(jax.random.key(5)))
+  assert restored.config == cfg.to_dict(config)
+  assert restored.metrics == {"iou/mean": pytest.approx(0.5), "loss": pytest.approx(-0.5)}
+  assert next(fresh) == expected_next
+
+
+def test_broken_newer_checkpoints_are_skipped_with_a_warning_and_set_aside(tmp_path, capsys):
+  directory = tmp_path / "run" / "checkpoints"
+  with checkpoint.Checkpoints(directory, cfg.CheckpointConfig(keep=5)) as store:
+    _save_steps(store, {1: None, 2: None, 3: None, 4: None})
+  largest = max((p for p in (directory / "4" / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  os.truncate(largest, largest.stat().st_size // 2)           # a file cut short
+  (directory / "3" / "commit_success.txt").unlink()           # a step whose save never committed
+  shutil.rmtree(directory / "2" / "meta")                     # a step missing an item
+  # A save killed mid-way: Orbax's temporary directory, never renamed to its step.
+  shutil.copytree(directory / "1", directory / "9.orbax-checkpoint-tmp-1234")
+  with checkpoint.Checkpoints(directory, cfg.CheckpointConfig(keep=5)) as store:
+    assert 9 not in store.steps
+    restored = store.restore_latest(_target(parallel.make_mesh()))
+    assert restored.step == 1 and store.steps == [1]
+    _save_steps(store, {2: None})                             # the step of a set-aside checkpoint is free again
+    assert store.steps == [1, 2]
+  np.testing.assert_array_equal(restored.state["kernel"], np.full((3, 4), 1.0))
+  printed = capsys.readouterr().out
+  for step, reason in ((4, "does not restore"), (3, "has no commit_success.txt"), (2, "has no meta/")):
+    assert f"checkpoints/{step} {reason}" in printed
+    assert (tmp_path / "run" / checkpoint.BROKEN_DIR / str(step)).is_dir()
+  assert not list(directory.glob("*orbax-checkpoint-tmp*"))   # removed (in the background) before a save
+
+
+def test_when_no_checkpoint_restores_nothing_is_moved(tmp_path):
+  directory = tmp_path / "checkpoints"
+  with checkpoint.Checkpoints(directory, cfg.CheckpointConfig()) as store:
+    _save_steps(store, {1: None})
+  # A different model: the saved arrays do not fit the target.
+  wrong = {"kernel": jax.ShapeDtypeStruct((5, 5), jnp.float32), "count": jax.ShapeDtypeStruct((), jnp.int32)}
+  with checkpoint.Checkpoints(directory, cfg.CheckpointConfig()) as store:
+    with pytest.raises(checkpoint.CheckpointError, match="--restart"):
+      store.restore_latest(wrong)
+  assert (directory / "1").is_dir()
+
+
+def test_bad_options_name_the_field():
+  with pytest.raises(ValueError, match="checkpoint.keep=0"):
+    checkpoint.check_config(cfg.CheckpointConfig(keep=0))
+  with pytest.raises(ValueError, match="checkpoint.every_steps=-1"):
+    checkpoint.check_config(cfg.CheckpointConfig(every_steps=-1))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_becomes_a_request_and_the_handlers_are_put_back(signum):
+  before = signal.getsignal(signum)
+  with checkpoint.StopSignals(parallel.make_mesh()) as stop:
+    assert not stop.agreed()
+    os.kill(os.getpid(), signum)
+    assert stop.agreed() and stop.received == signal.Signals(signum).name
+  assert signal.getsignal(signum) == before
+
+
+SHARDED_SCRIPT = """
+import sys
+import grain, jax, jax.numpy as jnp, numpy as np
+from lensjax import checkpoint, parallel
+from lensjax import config as cfg
+
+mesh = parallel.make_mesh()
+state = {"kernel": jnp.arange(4 * 8192, dtype=jnp.float32).reshape(8192, 4), "bias": jnp.ones((3,))}
+fsdp = parallel.state_shardings(state, mesh, fsdp=True)
+state = jax.device_put(state, fsdp)
+assert state["kernel"].sharding.spec == jax.P("data", None) and len(state["kernel"].addressable_shards) == 4
+iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
+with checkpoint.Checkpoints(sys.argv[1], cfg.CheckpointConfig()) as store:
+  store.save(3, state=state, data_iterator=iterator, rng_key=jax.random.key(0), config=cfg.Config())
+replicated = jax.tree.map(lambda _: parallel.replicated(mesh), state)
+with checkpoint.Checkpoints(sys.argv[1], cfg.CheckpointConfig(), read_only=True) as store:
+  for shardings in (fsdp, replicated):
+    restored = store.restore_latest(checkpoint.abstract_state(state, shardings)).state
+    for name in state:
+      assert restored[name].sharding.is_equivalent_to(shardings[name], restored[name].ndim), name
+      np.testing.assert_array_equal(restored[name], state[name])
+print("restored onto", len(jax.devices()), "devices")
+"""
+
+
+def test_fsdp_sharded_state_restores_sharded_or_replicated_on_four_devices(tmp_path):
+  env = dict(tiny_run.command_env(tmp_path / "cache"), JAX_NUM_CPU_DEVICES="4")
+  done = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(tmp_path / "checkpoints")], env=env,
+                        cwd=tiny_run.ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+  assert "restored onto 4 devices" in done.stdout

@@ -1,0 +1,83 @@
+"""`python -m lensjax.evaluate` reproduces the training loop's validation numbers from the saved checkpoint,
+writes the table and the JSON, and bins IoU by the simulation parameters."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lensjax import checkpoint, evaluate
+from lensjax import config as cfg
+from tests import tiny_run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  return tiny_run.trained_run(tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_evaluate_the_best_checkpoint_on_the_validation_split_matches_the_training_log(run_dir, tmp_path,
+                                                                                      tmp_path_factory):
+  out = tmp_path / "evaluation"
+  code, output = tiny_run.run("lensjax.evaluate", [str(run_dir), "--split", "val", "--out", str(out)],
+                              tiny_run.compile_cache(tmp_path_factory), tmp_path / "evaluate.log")
+  assert code == 0, output[-3000:]
+  report = json.loads(out.with_suffix(".json").read_text())
+  # Evaluation steps with a checkpoint (not step 0, the untrained model).
+  validation = {r["step"]: r for r in tiny_run.read_metrics(run_dir) if r["split"] == "val" and r["step"] > 0}
+  best = max(validation, key=lambda step: validation[step]["iou/mean"])
+  assert report["step"] == best and report["split"] == "val" and report["images"] == 16
+  for key, value in validation[best].items():
+    if key not in ("step", "split"):
+      assert report["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+  table = out.with_suffix(".md").read_text()
+  assert table in output
+  assert "| Target | Dice | mIoU | mIoU (original, per image) | Precision | Recall |" in table
+  for target in ("lens", "arcs"):
+    row = next(line for line in table.splitlines() if line.startswith(f"| {target} |"))
+    assert f"{report['metrics'][f'dice/{target}']:.4f}" == row.split("|")[2].strip()
+  lenses = None
+  for key in ("theta_E", "arc_snr", "arc_flux"):
+    binned = report["iou_bins"][key]
+    counted = sum(b["images"] for b in binned["bins"])
+    lenses = counted if lenses is None else lenses
+    assert counted == lenses and counted + binned["non_lenses"]["images"] == 16
+    assert all(b["low"] <= b["high"] for b in binned["bins"]) and f"IoU by" in table
+
+
+def test_binned_iou_averages_per_image_iou_in_quantile_bins_of_the_lenses():
+  theta_e = np.array([0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 0.0, 0.0])
+  iou = np.stack([np.linspace(0, 0.9, 10), np.linspace(1, 0.1, 10)], axis=1)
+  per_image = {"iou": iou, "theta_E": theta_e, "is_lens": (theta_e > 0).astype(np.float32)}
+  binned = evaluate.binned_iou(per_image, ("lens", "arcs"), "theta_E", num_bins=4)
+  assert [b["images"] for b in binned["bins"]] == [2, 2, 2, 2]
+  assert binned["bins"][0]["low"] == pytest.approx(0.6) and binned["bins"][-1]["high"] == pytest.approx(1.3)
+  for number, row in enumerate(binned["bins"]):
+    assert row["iou"]["lens"] == pytest.approx(iou[2 * number:2 * number + 2, 0].mean())
+    assert row["iou"]["arcs"] == pytest.approx(iou[2 * number:2 * number + 2, 1].mean())
+  assert binned["non_lenses"] == {"images": 2, "iou": {"lens": pytest.approx(0.85), "arcs": pytest.approx(0.15)}}
+  assert evaluate.binned_iou({"iou": iou}, ("lens", "arcs"), "theta_E", 4) is None     # not simulated data
+
+
+def test_unknown_checkpoint_step_lists_the_saved_ones(run_dir):
+  with checkpoint.Checkpoints(run_dir / "checkpoints", cfg.CheckpointConfig(), read_only=True) as store:
+    with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint of step 7; the checkpoints are of steps"):
+      evaluate.select_step(store, "7")
+    with pytest.raises(ValueError, match="expected best, last or a step number"):
+      evaluate.select_step(store, "newest")
+    assert evaluate.select_step(store, "last")[0] == tiny_run.NUM_STEPS
+
+
+def test_only_the_data_can_be_overridden():
+  config = cfg.Config()
+  evaluate._apply_overrides(config, ["--config.sim.noise=gaussian", "--config.data.sim_test_size=8"])
+  assert config.sim.noise == "gaussian" and config.data.sim_test_size == 8
+  with pytest.raises(ValueError, match="only --config.sim.\\* and --config.data.\\*"):
+    evaluate._apply_overrides(config, ["--config.model.width=0.5"])
+
+
+def test_a_directory_without_checkpoints_is_named(tmp_path):
+  with pytest.raises(checkpoint.CheckpointError, match="neither a run directory"):
+    evaluate.load_run(tmp_path)
