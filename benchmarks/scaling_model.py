@@ -289,12 +289,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--nvlink-latency-us", type=float, default=Machine.nvlink_latency * 1e6)
   parser.add_argument("--network-latency-us", type=float, default=Machine.network_latency * 1e6)
   parser.add_argument("--out-dir", default=None, help="write scaling_model.md, .json and .png here")
-  args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+  args, overrides = cfg.parse_command_line(parser, sys.argv[1:] if argv is None else argv)
   try:
     config = cfg.load_module_config(args.config)
-    unknown = cfg.parse_overrides(config, rest)
-    if unknown:
-      parser.error(f"unrecognised arguments: {' '.join(unknown)}")
+    cfg.parse_overrides(config, overrides)
     results, measured = run(args, config)
   except ValueError as error:
     parser.exit(2, f"error: {error}\n")

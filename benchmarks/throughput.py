@@ -112,11 +112,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, cfg.Config, list[st
   parser.add_argument("--coordinator-address", default=None, help="HOST:PORT of process 0 (multi-process)")
   parser.add_argument("--num-processes", type=int, default=None)
   parser.add_argument("--process-id", type=int, default=None)
-  args, rest = parser.parse_known_args(argv)
-  overrides = [a for a in rest if a.startswith("--config.")]
-  unknown = [a for a in rest if not a.startswith("--config.")]
-  if unknown:
-    parser.error(f"unrecognised arguments: {' '.join(unknown)}")
+  args, overrides = cfg.parse_command_line(parser, argv)
   if args.steps < MIN_TIMED_STEPS:
     parser.error(f"--steps={args.steps}: time at least {MIN_TIMED_STEPS} steps for a median and a spread")
   if args.warmup < 1:

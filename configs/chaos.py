@@ -18,11 +18,7 @@ ORGANS = ("liver", "right_kidney", "left_kidney", "spleen")
 
 
 def get_config(arg: str = "isnet") -> cfg.Config:
-  options = set(arg.split(","))
-  model = options & {"isnet", "msrfnet"}
-  if len(model) != 1 or options - {"isnet", "msrfnet", "organs", "cpu"}:
-    raise cfg.ConfigError(f"chaos:{arg}: expected isnet or msrfnet, optionally with ',organs' and ',cpu'")
-  (model,) = model
+  model, options = cfg.parse_config_arg("chaos", arg, ("isnet", "msrfnet"), flags=("organs", "cpu"))
   config = cfg.Config(name=f"chaos_{model}" + ("_organs" if "organs" in options else "")
                       + ("_cpu" if "cpu" in options else ""))
   config.data.source = "png"

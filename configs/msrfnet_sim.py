@@ -18,11 +18,7 @@ TARGETS = {"both": ("lens", "arcs"), "lens": ("lens",), "arcs": ("arcs",)}
 
 
 def get_config(arg: str = "both") -> cfg.Config:
-  options = set(arg.split(","))
-  target = (options & set(TARGETS)) or {"both"}
-  if len(target) != 1 or options - set(TARGETS) - {"cpu"}:
-    raise cfg.ConfigError(f"msrfnet_sim:{arg}: expected one of {', '.join(TARGETS)}, optionally with ',cpu'")
-  (target,) = target
+  target, options = cfg.parse_config_arg("msrfnet_sim", arg, TARGETS, flags=("cpu",), default="both")
   config = cfg.Config(name=f"msrfnet_sim_{target}" + ("_cpu" if "cpu" in options else ""))
   config.model = cfg.ModelConfig(name="msrfnet", width=1.0, wiring="original")
   config.data.targets = TARGETS[target]

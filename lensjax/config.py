@@ -5,17 +5,19 @@ Any field can be overridden as `--config.SECTION.FIELD=VALUE`, e.g. `--config.tr
 an unknown key or a value of the wrong type raises `ConfigError`, naming the key and the valid choices.
 
 The machinery here is generic over any tree of dataclasses: each concern owns its section's dataclass
-(`lensjax.sim.SimConfig`, `lensjax.data.DataConfig`, ...), and `Config` composes them.
+(`SimConfig`, `DataConfig`, ... below), and `Config` composes them.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.util
 import json
 import pathlib
 import types
 import typing
+from collections.abc import Sequence
 from typing import Any, Literal
 
 REPO_CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -183,6 +185,15 @@ def parse_overrides(config: Any, args: list[str]) -> list[str]:
   return rest
 
 
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+  """`parser`'s arguments and the `--config.KEY=VALUE` overrides among `argv`; other unknown arguments are errors."""
+  args, rest = parser.parse_known_args(list(argv))
+  unknown = [a for a in rest if not a.startswith("--config.")]
+  if unknown:
+    parser.error(f"unrecognised arguments: {' '.join(unknown)}")
+  return args, rest
+
+
 def to_dict(config: Any) -> dict[str, Any]:
   """The config as JSON-compatible nested dicts (tuples become lists)."""
   return json.loads(json.dumps(dataclasses.asdict(config)))
@@ -210,6 +221,21 @@ def find_config_file(name: str) -> pathlib.Path:
   available = sorted(p.stem for p in REPO_CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
   raise ConfigError(f"no config file '{name}' (looked in ./configs and {REPO_CONFIG_DIR}); "
                     f"available: {', '.join(available)}")
+
+
+def parse_config_arg(config_name: str, arg: str, choices: Sequence[str], flags: Sequence[str] = (),
+                     default: str | None = None) -> tuple[str, set[str]]:
+  """Splits a config file's argument 'CHOICE[,FLAG...]' (as in `--config isnet_sim:arcs,cpu`).
+
+  Returns (the one choice, or `default` when none is given; the set of flags); anything else is a ConfigError
+  that lists what `config_name` accepts.
+  """
+  words = {w for w in arg.split(",") if w}
+  chosen = words & set(choices)
+  if len(chosen) > 1 or words - set(choices) - set(flags) or (not chosen and default is None):
+    accepted = f"one of {', '.join(choices)}" + (f", optionally with ,{' ,'.join(flags)}" if flags else "")
+    raise ConfigError(f"{config_name}:{arg}: expected {accepted}")
+  return (chosen.pop() if chosen else default), words & set(flags)
 
 
 def load_module_config(name: str) -> Any:

@@ -288,10 +288,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--batch-size", type=int, default=None, help="default: the run's train.eval_batch_size")
   parser.add_argument("--bins", type=int, default=4, help="quantile bins of the binned IoU tables (default 4)")
   parser.add_argument("--config", default=None, help="for imported weights only: the config of the data")
-  args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-  unknown = [a for a in overrides if not a.startswith("--config.")]
-  if unknown:
-    parser.error(f"unrecognised arguments: {' '.join(unknown)}")
+  args, overrides = cfg.parse_command_line(parser, sys.argv[1:] if argv is None else argv)
   parallel.initialize(parallel.options_from_env())
   try:
     run = load_run(args.run_dir, args.checkpoint, config_name=args.config, overrides=overrides)

@@ -47,6 +47,7 @@ from flax import nnx
 from PIL import Image
 
 from lensjax import checkpoint, data, evaluate, parallel, plots, train
+from lensjax import config as cfg
 from lensjax.data import fits, images, npy, sources, transforms, validation
 from lensjax.data.errors import DataError
 
@@ -271,10 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                            "number of images, rounded up to a multiple of the number of devices)")
   parser.add_argument("--threshold", type=float, default=0.5, help="probability above which a pixel is in a mask")
   parser.add_argument("--config", default=None, help="for imported weights only: the config of the data")
-  args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-  unknown = [a for a in overrides if not a.startswith("--config.")]
-  if unknown:
-    parser.error(f"unrecognised arguments: {' '.join(unknown)}")
+  args, overrides = cfg.parse_command_line(parser, sys.argv[1:] if argv is None else argv)
   if not 0.0 < args.threshold < 1.0:
     parser.error(f"--threshold {args.threshold}: expected a probability strictly between 0 and 1")
   if args.batch_size is not None and args.batch_size < 1:

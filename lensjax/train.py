@@ -89,11 +89,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, cfg.Config]:
   parser.add_argument("--process-id", type=int, default=None)
   parser.add_argument("--heartbeat-timeout", type=int, default=None,
                       help="seconds after which a silent process counts as dead (default 60)")
-  args, rest = parser.parse_known_args(argv)
+  args, overrides = cfg.parse_command_line(parser, argv)
   config = cfg.load_module_config(args.config)
-  unknown = cfg.parse_overrides(config, rest)
-  if unknown:
-    parser.error(f"unrecognised arguments: {' '.join(unknown)}")
+  cfg.parse_overrides(config, overrides)
   return args, config
 
 

@@ -44,3 +44,23 @@ def test_saved_config_with_unknown_key_is_refused():
   data["train"]["bogus"] = 1
   with pytest.raises(cfg.ConfigError, match="train.bogus"):
     cfg.from_dict(cfg.Config, data)
+
+
+@pytest.mark.parametrize("name, run_name, model, targets", [
+    ("default", "default", "isnet", ("lens", "arcs")),
+    ("isnet_sim", "isnet_sim_both", "isnet", ("lens", "arcs")),
+    ("isnet_sim:arcs", "isnet_sim_arcs", "isnet", ("arcs",)),
+    ("isnet_sim:lens,cpu", "isnet_sim_lens_cpu", "isnet", ("lens",)),
+    ("msrfnet_sim:arcs,cpu", "msrfnet_sim_arcs_cpu", "msrfnet", ("arcs",)),
+    ("chaos:msrfnet,organs,cpu", "chaos_msrfnet_organs_cpu", "msrfnet",
+     ("liver", "right_kidney", "left_kidney", "spleen")),
+])
+def test_experiment_configs_load_with_their_argument(name, run_name, model, targets):
+  config, _ = cfg.load(name)
+  assert (config.name, config.model.name, config.data.targets) == (run_name, model, targets)
+
+
+@pytest.mark.parametrize("name", ["isnet_sim:x", "isnet_sim:lens,arcs", "chaos:cpu", "msrfnet_sim:arcs,gpu"])
+def test_a_bad_config_argument_lists_the_accepted_ones(name):
+  with pytest.raises(cfg.ConfigError, match="expected one of"):
+    cfg.load(name)
