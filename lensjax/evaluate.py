@@ -221,7 +221,7 @@ def evaluate_run(run: LoadedRun, split: str, *, batch_size: int | None = None, n
                      f"({jax.device_count()})")
   loader = data.make_loader(config, split, batch_size=batch_size // jax.process_count(), shuffle=False,
                             num_epochs=1, seed=0, with_edge=data.needs_edge(config))
-  step = train.compile_evaluation_step(run.graphdef, train_step.make_loss_fn(config), mesh, run.state_sharding)
+  step = train_step.compile_eval_step(run.graphdef, train_step.make_loss_fn(config), mesh, run.state_sharding)
   result = train.evaluate_split(step, run.state, loader, mesh, config.data.targets)
   bins = {}
   for key, _ in BINNED_PARAMETERS:

@@ -46,7 +46,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from lensjax import checkpoint, data, evaluate, parallel, plots, train
+from lensjax import checkpoint, data, evaluate, parallel, plots, train_step
 from lensjax import config as cfg
 from lensjax.data import fits, images, npy, sources, transforms, validation
 from lensjax.data.errors import DataError
@@ -186,7 +186,7 @@ def compile_forward(graphdef, mesh, state_sharding):
   """(state, batch) -> (B, H, W, K) probabilities, jitted: the network in inference mode on `batch`'s inputs."""
 
   def forward(state, batch):
-    model = train.network_of(nnx.merge(graphdef, state))
+    model = train_step.network_of(nnx.merge(graphdef, state))
     model.eval()
     logits = model.prediction(model(*(batch[key] for key in model.input_keys)))
     return jax.nn.sigmoid(logits.astype(np.float32))

@@ -52,7 +52,6 @@ from jax.experimental import multihost_utils
 
 from lensjax import checkpoint, data, feature_sync, metrics, models, parallel, plots, progress, train_step
 from lensjax import config as cfg
-from lensjax.data import sources
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -235,43 +234,6 @@ def build_model_and_optimizer(config: cfg.Config, seed: int) -> tuple[nnx.Module
   return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
-def network_of(merged: Any) -> nnx.Module:
-  """The network of a merged state: (model, optimizer) for a training run, the model alone for imported weights."""
-  return merged[0] if isinstance(merged, tuple) else merged
-
-
-def evaluation_step_fn(graphdef, loss_fn: train_step.LossFn, panel_images: int = 0):
-  """The pure evaluation step (state, batch) -> outputs, with BatchNorm on running statistics.
-
-  Outputs: the losses; `sums` (`metrics.batch_sums`, padding rows excluded); `per_image`: `iou` (B, K) at
-  the 0.5 threshold, `valid` (B,), `index` (B,) and the simulation parameters the batch carries (B,); and,
-  when `panel_images` > 0, `panel` (panel_images, H, W, K): the probabilities of the first rows.
-  """
-
-  def step(state, batch):
-    model = network_of(nnx.merge(graphdef, state))
-    model.eval()
-    outputs = model(*(batch[key] for key in model.input_keys))
-    loss, terms = loss_fn(outputs, batch)
-    logits = model.prediction(outputs)
-    per_image = {"iou": metrics.per_image_iou(logits, batch["mask"]), "valid": batch["valid"],
-                 "index": batch["index"], **{k: batch[k] for k in sources.SIM_METADATA if k in batch}}
-    out = {"loss": loss, **terms, "sums": metrics.batch_sums(logits, batch["mask"], batch["valid"]),
-           "per_image": per_image}
-    if panel_images:
-      out["panel"] = jax.nn.sigmoid(logits[:panel_images].astype(np.float32))
-    return out
-
-  return step
-
-
-def compile_evaluation_step(graphdef, loss_fn: train_step.LossFn, mesh, state_sharding, panel_images: int = 0):
-  """`evaluation_step_fn` under `jax.jit`: batch split on `data`, every output replicated (readable anywhere)."""
-  return jax.jit(evaluation_step_fn(graphdef, loss_fn, panel_images),
-                 in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
-                 out_shardings=parallel.replicated(mesh))
-
-
 @dataclasses.dataclass
 class Evaluation:
   """One pass over a split."""
@@ -281,7 +243,7 @@ class Evaluation:
 
 
 def evaluate_split(eval_step, state, loader, mesh, targets) -> Evaluation:
-  """Runs `eval_step` (from `compile_evaluation_step`) over every batch of `loader` (a finite loader)."""
+  """Runs `eval_step` (from `train_step.compile_eval_step`) over every batch of `loader` (a finite loader)."""
   totals, loss_sums, parts, panel = None, {}, [], None
   for local_batch in loader:
     out = eval_step(state, parallel.global_batch(local_batch, mesh))
@@ -412,7 +374,7 @@ def train_and_evaluate(config: cfg.Config, workdir: str | pathlib.Path, *, resta
   train = train_step.compile_train_step(graphdef, loss_fn, mesh, state_sharding, frozen)
   per_process_eval = config.train.eval_batch_size // jax.process_count()
   panel_images = min(config.train.figure_images, per_process_eval)
-  evaluation_step = compile_evaluation_step(graphdef, loss_fn, mesh, state_sharding, panel_images)
+  evaluation_step = train_step.compile_eval_step(graphdef, loss_fn, mesh, state_sharding, panel_images)
 
   needs_edge = data.needs_edge(config)
   train_iter = iter(data.make_loader(config, "train", batch_size=config.train.batch_size // jax.process_count(),

@@ -13,11 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from lensjax import config as cfg
 from lensjax import losses, metrics, parallel
+from lensjax.data import sources
 
 LossFn = Callable[[Any, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -111,20 +113,6 @@ def train_step_fn(graphdef, loss_fn: LossFn, frozen: FrozenEncoder | None = None
   return step
 
 
-def eval_step_fn(graphdef, loss_fn: LossFn):
-  """The pure evaluation step (state, batch) -> metrics, with BatchNorm on running statistics."""
-
-  def step(state, batch):
-    model, _ = nnx.merge(graphdef, state)
-    model.eval()
-    outputs = _call(model, batch)
-    loss, terms = loss_fn(outputs, batch)
-    logits = model.prediction(outputs)
-    return {"loss": loss, **terms, "sums": metrics.batch_sums(logits, batch["mask"], batch.get("valid"))}
-
-  return step
-
-
 def compile_train_step(graphdef, loss_fn: LossFn, mesh, state_sharding, frozen: FrozenEncoder | None = None):
   """`train_step_fn` under `jax.jit`: batch split on `data`, state as `state_sharding`, state donated."""
   repl = parallel.replicated(mesh)
@@ -134,8 +122,39 @@ def compile_train_step(graphdef, loss_fn: LossFn, mesh, state_sharding, frozen: 
                  out_shardings=(state_sharding, repl), donate_argnums=0)
 
 
-def compile_eval_step(graphdef, loss_fn: LossFn, mesh, state_sharding):
-  return jax.jit(eval_step_fn(graphdef, loss_fn),
+def network_of(merged: Any) -> nnx.Module:
+  """The network of a merged state: (model, optimizer) for a training run, the model alone for imported weights."""
+  return merged[0] if isinstance(merged, tuple) else merged
+
+
+def eval_step_fn(graphdef, loss_fn: LossFn, panel_images: int = 0):
+  """The pure evaluation step (state, batch) -> outputs, with BatchNorm on running statistics.
+
+  Outputs: the losses; `sums` (`metrics.batch_sums`, padding rows excluded); `per_image`: `iou` (B, K) at
+  the 0.5 threshold, `valid` (B,), `index` (B,) and the simulation parameters the batch carries (B,); and,
+  when `panel_images` > 0, `panel` (panel_images, H, W, K): the probabilities of the first rows.
+  """
+
+  def step(state, batch):
+    model = network_of(nnx.merge(graphdef, state))
+    model.eval()
+    outputs = model(*(batch[key] for key in model.input_keys))
+    loss, terms = loss_fn(outputs, batch)
+    logits = model.prediction(outputs)
+    per_image = {"iou": metrics.per_image_iou(logits, batch["mask"]), "valid": batch["valid"],
+                 "index": batch["index"], **{k: batch[k] for k in sources.SIM_METADATA if k in batch}}
+    out = {"loss": loss, **terms, "sums": metrics.batch_sums(logits, batch["mask"], batch["valid"]),
+           "per_image": per_image}
+    if panel_images:
+      out["panel"] = jax.nn.sigmoid(logits[:panel_images].astype(jnp.float32))
+    return out
+
+  return step
+
+
+def compile_eval_step(graphdef, loss_fn: LossFn, mesh, state_sharding, panel_images: int = 0):
+  """`eval_step_fn` under `jax.jit`: batch split on `data`, every output replicated (readable anywhere)."""
+  return jax.jit(eval_step_fn(graphdef, loss_fn, panel_images),
                  in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
                  out_shardings=parallel.replicated(mesh))
 
