@@ -7,11 +7,12 @@ Each run builds the training loader of the default config (unbounded, shuffled, 
 padding, batch 8 per process) for one source and reads `--batches` batches after a warm-up of one batch per
 worker process (so every worker has started and, for simulated data, compiled the simulator; the warm-up
 time is reported separately). The
-file sources read datasets written to a temporary folder first: `npy` an images.npy of simulated-looking
-125x125x3 arrays with masks made on load, `png` 256x256 grey slices with 0/255 masks resized to 128.
+file sources read datasets written to a temporary folder first: `npy` an images.npy of simulated 125x125x3
+lenses (`lensjax.sim`) with masks made on load, `png` 256x256 grey slices with 0/255 masks resized to 128.
 
-Target: at least 5x the images/s the default training step consumes on the same machine. Prints a table and
-writes JSON (`--json`), with the load average, since timings on a shared machine vary with other jobs.
+Target: at least 5x the images/s the default training step consumes on the same machine; `python -m
+benchmarks.throughput` times that step and the simulated pipeline in one run. Prints a table and writes JSON
+(`--json`), with the load average, since timings on a shared machine vary with other jobs.
 """
 
 from __future__ import annotations
@@ -28,25 +29,14 @@ import numpy as np
 from PIL import Image
 
 from lensjax import config as cfg
+from lensjax import sim
 from lensjax import data as lensdata
 
 
-def _gaussian_scenes(count: int, size: int, seed: int) -> np.ndarray:
-  """(count, size, size, 3) float32 (observed, lens, arcs): a Gaussian lens and a ring of arc light in counts."""
-  rng = np.random.default_rng(seed)
-  yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-  scenes = np.zeros((count, size, size, 3), np.float32)
-  for i in range(count):
-    cx, cy = rng.uniform(0.4 * size, 0.6 * size, 2)
-    r = np.hypot(xx - cx, yy - cy)
-    lens = 3000.0 * np.exp(-0.5 * (r / rng.uniform(3, 8)) ** 2)
-    arcs = 500.0 * np.exp(-0.5 * ((r - rng.uniform(15, 40)) / 2.0) ** 2) * (i % 2 == 0)
-    scenes[i] = np.stack([lens + arcs + rng.uniform(0, 5, r.shape), lens, arcs], axis=-1)
-  return scenes
-
-
 def _write_npy(root: pathlib.Path, count: int) -> None:
-  np.save(root / "images.npy", _gaussian_scenes(count, 125, seed=0))
+  """An images.npy in the original format (N, 125, 125, 3: observed, lens, arcs), rendered by the simulator."""
+  rendered = sim.Simulator(cfg.SimConfig(), seed=0).render(np.arange(count))
+  np.save(root / "images.npy", np.stack([rendered["observed"], rendered["lens"], rendered["arcs"]], axis=-1))
 
 
 def _write_png(root: pathlib.Path, count: int) -> None:
