@@ -286,6 +286,8 @@ def test_the_same_seed_gives_the_same_initial_parameters():
 def test_summary_cli_prints_counts_flops_memory_and_compile_times(capsys):
   summary_cli.main(["isnet", "--params-only"])
   assert "parameters: 44,046,790 trainable + 28,800 BatchNorm statistics" in capsys.readouterr().out
+  summary_cli.main(["msrfnet", "--params-only"])      # 1 input channel by default, as the original's lens models
+  assert "parameters: 18,591,821 trainable + 3,210 BatchNorm statistics" in capsys.readouterr().out
 
   options = dict(in_channels=1, out_channels=2, width=WIDTH, depth=1)
   summary = summary_cli.summarize("isnet", **options, size=16, batch=2)

@@ -3,7 +3,7 @@
   python -m lensjax.models isnet                      # the reference IS-Net, 3 -> 1, batch 8 of 128 x 128
   python -m lensjax.models isnet --in-channels 1 --out-channels 2 --width 0.25 --depth 4 --size 125
   python -m lensjax.models isnet_gt_encoder --in-channels 1
-  python -m lensjax.models msrfnet --in-channels 1 --wiring paper
+  python -m lensjax.models msrfnet --wiring paper
   python -m lensjax.models isnet --params-only        # counts only, no compilation
 
 Nothing is allocated: the model is built with `nnx.eval_shape`, and both programs are lowered on abstract
@@ -40,6 +40,10 @@ from lensjax.models import MODEL_DTYPES, MODEL_NAMES, build, count_parameters
 # Channels of each batch entry a network may take (see `input_keys` in `lensjax.models`). The Canny edge
 # map MSRF-Net takes is one binary channel; IS-Net's GT encoder takes the K mask channels as in_channels.
 EDGE_CHANNELS = 1
+
+
+# The original project's input channels: IS-Net took 3 repeated grey channels, MSRF-Net's lens models 1.
+DEFAULT_IN_CHANNELS = {"isnet": 3, "isnet_gt_encoder": 1, "msrfnet": 1}
 
 
 def _input_channels(key: str, in_channels: int) -> int:
@@ -155,7 +159,9 @@ def format_summary(name: str, options: dict, summary: dict[str, float]) -> str:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m lensjax.models", description=__doc__.split("\n\n")[0])
   parser.add_argument("name", choices=MODEL_NAMES)
-  parser.add_argument("--in-channels", type=int, default=3, help="input image channels (default 3, as upstream)")
+  parser.add_argument("--in-channels", type=int, default=None,
+                      help="input channels (default: as the original project built it: 3 for isnet, 1 for "
+                           "isnet_gt_encoder and msrfnet)")
   parser.add_argument("--out-channels", type=int, default=1, help="output maps K (default 1)")
   parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0, the reference)")
   parser.add_argument("--depth", type=int, default=6, help="IS-Net resolution levels, 1..6 (default 6)")
@@ -165,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--batch", type=int, default=8, help="batch size the programs are compiled for (default 8)")
   parser.add_argument("--params-only", action="store_true", help="print the parameter counts only")
   args = parser.parse_args(argv)
-  options = dict(in_channels=args.in_channels, out_channels=args.out_channels, width=args.width,
+  in_channels = args.in_channels or DEFAULT_IN_CHANNELS[args.name]
+  options = dict(in_channels=in_channels, out_channels=args.out_channels, width=args.width,
                  depth=args.depth, wiring=args.wiring, dtype=args.dtype, size=args.size, batch=args.batch)
   try:
     summary = summarize(args.name, **options, params_only=args.params_only)
