@@ -150,8 +150,9 @@ def _scene(**overrides):
 
 
 def _render_scene(scene, config):
-  images = jax.jit(lambda s: scenes.render_scene(s, scenes.Optics.from_config(config)))(scene)
-  return {name: np.asarray(image) for name, image in images.items()}
+  batch = {name: value[None] for name, value in scene.items()}
+  images = jax.jit(lambda s: scenes.render_scenes(s, scenes.Optics.from_config(config)))(batch)
+  return {name: np.asarray(image[0]) for name, image in images.items()}
 
 
 def _rotate_scene_90(scene):

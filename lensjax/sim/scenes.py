@@ -2,7 +2,8 @@
 
 A scene is a dict of float32 arrays: scalars for the lens (SIE + external shear + Sersic light) and the
 source's main Sersic, and fixed-length slot arrays for the source's Gaussian clumps and the field galaxies
-(unused slots have zero flux), so every scene has the same shapes and one compilation serves all.
+(the first n_clumps / n_field_galaxies slots are used, the rest have zero flux and are not evaluated), so
+every scene has the same shapes and one compilation serves all.
 Parameter names follow lenstronomy (`scene_to_lenstronomy` converts one scene to its kwargs).
 
 Priors (reference section 3; every range is a `SimConfig` field):
@@ -198,7 +199,7 @@ class Optics:
     return cls(centres, centres, config.supersampling, config.pixel_scale**2, taps, kernel)
 
   def pixelise(self, surface_brightness: jax.Array) -> jax.Array:
-    """(H*ss, W*ss) surface brightness (counts/arcsec^2) -> PSF-convolved (H, W) pixel counts."""
+    """(..., H*ss, W*ss) surface brightness (counts/arcsec^2) -> PSF-convolved (..., H, W) pixel counts."""
     # The barrier keeps XLA from fusing the profile evaluation into the PSF stencil (recomputing it per tap).
     surface_brightness = jax.lax.optimization_barrier(surface_brightness)
     pixels = instrument.bin_supersampled(surface_brightness, self.supersampling) * np.float32(self.pixel_area)
@@ -209,46 +210,56 @@ class Optics:
     return pixels
 
 
-def _sum_over_slots(profile, slots: int, like: jax.Array) -> jax.Array:
-  """sum_k profile(k) for k < slots, as an XLA loop (one profile evaluation per step, over the whole batch).
-
-  A `vmap` over the slots followed by `sum` compiles (XLA CPU, jax 0.10) to a single-threaded reduction that
-  evaluates the profiles inside it, about 2x slower per profile than this loop of parallel elementwise passes.
-  """
+def _sum_over_active_slots(profile, count: jax.Array, slots: int, like: jax.Array) -> jax.Array:
+  """sum_k profile(k) for k < count (a traced integer <= slots): an XLA loop that runs only the active slots."""
   if slots == 0:
     return jnp.zeros_like(like)
-  return jax.lax.fori_loop(0, slots, lambda k, total: total + profile(k), jnp.zeros_like(like))
+  return jax.lax.fori_loop(0, count, lambda k, total: total + profile(k), jnp.zeros_like(like))
 
 
-def render_scene(scene: dict[str, jax.Array], optics: Optics) -> dict[str, jax.Array]:
-  """Noiseless (H, W) float32 pixel images of one scene: `lens` light, lensed `arcs`, `field` galaxies.
+def surface_brightness(scene: dict[str, jax.Array], optics: Optics) -> jax.Array:
+  """(3, H*ss, W*ss) float32 surface brightness (counts/arcsec^2) of one scene: lens light, lensed arcs, field.
 
   The source (Sersic + clumps) is evaluated at beta = theta - alpha_SIE - alpha_shear; the shear is centred on
-  the lens. PSF and pixelisation are linear, so each component is convolved once and `observed` is their sum.
+  the lens. Work that contributes nothing is skipped under `jax.lax.map` over scenes: the deflection and source
+  of non-lenses, and the unused clump and field-galaxy slots (under `vmap` the skips become selects, so map).
   """
   x, y = jnp.asarray(optics.x)[None, :], jnp.asarray(optics.y)[:, None]
   s = scene
   lens_light = profiles.sersic_ellipse(x, y, s["lens_amp"], s["lens_R_sersic"], s["lens_n_sersic"],
                                        s["light_e1"], s["light_e2"], s["lens_center_x"], s["lens_center_y"])
-  sie_x, sie_y = profiles.sie_deflection(x, y, s["theta_E"], s["lens_e1"], s["lens_e2"],
-                                         s["lens_center_x"], s["lens_center_y"])
-  shear_x, shear_y = profiles.shear_deflection(x, y, s["gamma1"], s["gamma2"],
-                                               s["lens_center_x"], s["lens_center_y"])
-  # Materialised once: otherwise XLA recomputes the deflection inside each of the source's profiles.
-  beta_x, beta_y = jax.lax.optimization_barrier((x - sie_x - shear_x, y - sie_y - shear_y))
-  source_light = profiles.sersic_ellipse(beta_x, beta_y, s["source_amp"], s["source_R_sersic"],
-                                         s["source_n_sersic"], s["source_e1"], s["source_e2"],
-                                         s["source_x"], s["source_y"])
-  source_light = source_light + _sum_over_slots(
-      lambda k: profiles.gaussian(beta_x, beta_y, s["clump_flux"][k], s["clump_sigma"][k], s["clump_x"][k],
-                                  s["clump_y"][k]), s["clump_flux"].shape[-1], source_light)
-  field_light = _sum_over_slots(
+
+  def arcs_light():
+    sie_x, sie_y = profiles.sie_deflection(x, y, s["theta_E"], s["lens_e1"], s["lens_e2"],
+                                           s["lens_center_x"], s["lens_center_y"])
+    shear_x, shear_y = profiles.shear_deflection(x, y, s["gamma1"], s["gamma2"],
+                                                 s["lens_center_x"], s["lens_center_y"])
+    # Materialised once: otherwise XLA recomputes the deflection inside each of the source's profiles.
+    beta_x, beta_y = jax.lax.optimization_barrier((x - sie_x - shear_x, y - sie_y - shear_y))
+    source_light = profiles.sersic_ellipse(beta_x, beta_y, s["source_amp"], s["source_R_sersic"],
+                                           s["source_n_sersic"], s["source_e1"], s["source_e2"],
+                                           s["source_x"], s["source_y"])
+    return source_light + _sum_over_active_slots(
+        lambda k: profiles.gaussian(beta_x, beta_y, s["clump_flux"][k], s["clump_sigma"][k], s["clump_x"][k],
+                                    s["clump_y"][k]), s["n_clumps"].astype(jnp.int32), s["clump_flux"].shape[-1], source_light)
+
+  field_light = _sum_over_active_slots(
       lambda k: profiles.sersic_ellipse(x, y, s["field_amp"][k], s["field_R_sersic"][k], s["field_n_sersic"][k],
                                         s["field_e1"][k], s["field_e2"][k], s["field_x"][k], s["field_y"][k]),
-      s["field_amp"].shape[-1], lens_light)
-  images = dict(lens=optics.pixelise(lens_light), arcs=optics.pixelise(source_light))
-  images["field"] = optics.pixelise(field_light) if s["field_amp"].shape[-1] else jnp.zeros_like(images["lens"])
-  return images
+      s["n_field_galaxies"].astype(jnp.int32), s["field_amp"].shape[-1], lens_light)
+  arcs = jax.lax.cond(s["is_lens"] > 0, arcs_light, lambda: jnp.zeros_like(lens_light))
+  return jnp.stack([lens_light, arcs, field_light])
+
+
+def render_scenes(batch_scenes: dict[str, jax.Array], optics: Optics) -> dict[str, jax.Array]:
+  """Noiseless (B, H, W) float32 pixel images of a batch of scenes: `lens` light, lensed `arcs`, `field`.
+
+  Profiles per scene (`surface_brightness` under `lax.map`), then pixelisation and PSF once over the whole
+  batch: PSF and pixelisation are linear, so each component is convolved once and `observed` is their sum.
+  """
+  light = jax.lax.map(lambda scene: surface_brightness(scene, optics), batch_scenes)
+  lens, arcs, field = jnp.unstack(optics.pixelise(light), axis=1)
+  return dict(lens=lens, arcs=arcs, field=field)
 
 
 def scene_to_lenstronomy(scene: dict[str, np.ndarray],

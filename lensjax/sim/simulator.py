@@ -179,14 +179,15 @@ class _Programs:
   def _render_batch(self, seed: jax.Array, indices: jax.Array) -> dict[str, jax.Array]:
     noise_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(self._image_keys(seed, indices))
     batch_scenes = self._scenes_batch(seed, indices)
-    images = jax.vmap(lambda scene: scenes.render_scene(scene, self.optics))(batch_scenes)
+    images = scenes.render_scenes(batch_scenes, self.optics)
     lens, arcs = images["lens"], images["arcs"]
     observed = lens + arcs + images["field"]
     if self.config.noise == "gaussian":
       observed = jax.vmap(self.noise.add_gaussian)(noise_keys, observed)
     elif self.config.noise == "poisson":
       observed = jax.vmap(self.noise.add_poisson)(noise_keys, observed)
-    mask_pairs = jax.vmap(self.masks.apply_jnp)(lens, arcs)
+    # Mapped, not vmapped: each image's percentile search stops at its own step count (measured 1.3x faster).
+    mask_pairs = jax.lax.map(lambda pair: self.masks.apply_jnp(*pair), (lens, arcs))
     params = {name: batch_scenes[name] for name in scenes.SCENE_SCALAR_KEYS}
     params.update(self._measure(batch_scenes, lens, arcs, images["field"], mask_pairs))
     # One (B, len(PARAM_KEYS)) output instead of 30 small ones: each output buffer costs the host ~10 us.
