@@ -4,6 +4,7 @@
   python -m benchmarks.throughput --devices 1,2,4 --scaling strong    # a sweep: one subprocess per point,
                                                                       # JAX_NUM_CPU_DEVICES=n on CPU
   python -m benchmarks.throughput --devices 2,4 --processes 2         # each point as 2 local processes
+  python -m benchmarks.throughput --devices 1,2,4 --processes 1,2     # both: every count that splits
   srun -n 8 python -m benchmarks.throughput --scaling weak --batch-size 8   # under Slurm (jax.distributed)
   python -m benchmarks.throughput --config default --config.model.name=msrfnet --config.model.width=0.25
 
@@ -97,8 +98,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, cfg.Config, list[st
   parser.add_argument("--devices", default=None,
                       help="comma-separated device counts for a sweep (one subprocess group per count); "
                            "default: measure once on every visible device")
-  parser.add_argument("--processes", type=int, default=1,
-                      help="local processes per sweep point (jax.distributed on localhost; default 1)")
+  parser.add_argument("--processes", default="1",
+                      help="comma-separated local process counts of a sweep (jax.distributed on localhost; "
+                           "default 1); each is paired with every --devices count that it divides")
   parser.add_argument("--scaling", choices=("strong", "weak"), default="strong",
                       help="strong: --batch-size is the global batch; weak: --batch-size is per device")
   parser.add_argument("--batch-size", type=int, default=None, help="default: config.train.batch_size")
@@ -117,8 +119,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, cfg.Config, list[st
     parser.error(f"--steps={args.steps}: time at least {MIN_TIMED_STEPS} steps for a median and a spread")
   if args.warmup < 1:
     parser.error(f"--warmup={args.warmup}: run at least one untimed step after compilation")
-  if args.processes < 1:
-    parser.error(f"--processes={args.processes}: expected at least 1")
   if args.input_batches < 0:
     parser.error(f"--input-batches={args.input_batches}: expected a count >= 0")
   config = cfg.load_module_config(args.config)
@@ -130,22 +130,36 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, cfg.Config, list[st
   return args, config, overrides
 
 
-def device_counts(text: str, processes: int, batch_size: int, scaling: str) -> list[int]:
-  """Parses `--devices` ('1,2,4'); every count must split over the processes and, for strong scaling, the batch."""
+def _counts(option: str, text: str) -> list[int]:
   try:
     counts = [int(t) for t in text.split(",") if t.strip()]
   except ValueError:
-    raise ValueError(f"--devices={text!r}: expected comma-separated device counts such as 1,2,4") from None
+    counts = []
   if not counts or min(counts) < 1:
-    raise ValueError(f"--devices={text!r}: expected positive device counts such as 1,2,4")
-  for count in counts:
-    if count % processes:
-      raise ValueError(f"--devices: {count} devices do not split over --processes={processes}; use multiples "
-                       f"of {processes}")
-    if scaling == "strong" and batch_size % count:
-      raise ValueError(f"--batch-size={batch_size} (the global batch of a strong-scaling sweep) is not divisible "
-                       f"by {count} devices; choose a batch that every count in --devices divides")
+    raise ValueError(f"{option}={text!r}: expected comma-separated positive counts such as 1,2,4")
   return counts
+
+
+def sweep_points(devices: str, processes: str, batch_size: int, scaling: str) -> list[tuple[int, int]]:
+  """(processes, devices) of a sweep from `--devices` ('1,2,4') and `--processes` ('1,2').
+
+  Every process count is paired with each device count that it divides (a process count that divides none is an
+  error); for strong scaling every device count must divide the global batch.
+  """
+  device_counts, process_counts = _counts("--devices", devices), _counts("--processes", processes)
+  if scaling == "strong":
+    for count in device_counts:
+      if batch_size % count:
+        raise ValueError(f"--batch-size={batch_size} (the global batch of a strong-scaling sweep) is not divisible "
+                         f"by {count} devices; choose a batch that every count in --devices divides")
+  points = []
+  for process_count in process_counts:
+    splits = [(process_count, count) for count in device_counts if count % process_count == 0]
+    if not splits:
+      raise ValueError(f"--processes={process_count}: none of --devices={devices} splits over {process_count} "
+                       f"processes; use device counts that are multiples of it")
+    points.extend(splits)
+  return points
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -570,23 +584,23 @@ def _child_argv(argv: list[str]) -> list[str]:
 
 
 def sweep(args: argparse.Namespace, config: cfg.Config, argv: list[str]) -> pathlib.Path:
-  """Runs every device count of `--devices` as `--processes` local processes; writes one merged record."""
-  counts = device_counts(args.devices, args.processes, args.batch_size, args.scaling)
+  """Runs each (processes, devices) of `sweep_points` as local processes; writes one merged record."""
+  sweep_plan = sweep_points(args.devices, args.processes, args.batch_size, args.scaling)
   platform_name, gpu_ids = _detect_platform()
-  if platform_name != "cpu" and max(counts) > len(gpu_ids):
+  if platform_name != "cpu" and max(count for _, count in sweep_plan) > len(gpu_ids):
     raise ValueError(f"--devices={args.devices}: only {len(gpu_ids)} {platform_name} devices are visible")
   points, child_records = [], []
   with tempfile.TemporaryDirectory(prefix="lensjax-throughput-") as tmp:
-    for count in counts:
-      per_process = count // args.processes
-      point_out = pathlib.Path(tmp) / f"devices{count}.json"
+    for process_count, count in sweep_plan:
+      per_process = count // process_count
+      point_out = pathlib.Path(tmp) / f"processes{process_count}-devices{count}.json"
       base = [sys.executable, "-m", "benchmarks.throughput", *_child_argv(argv), "--out", str(point_out)]
       port = _free_port()
       children = []
-      for process_id in range(args.processes):
+      for process_id in range(process_count):
         command = list(base)
-        if args.processes > 1:
-          command += ["--coordinator-address", f"127.0.0.1:{port}", "--num-processes", str(args.processes),
+        if process_count > 1:
+          command += ["--coordinator-address", f"127.0.0.1:{port}", "--num-processes", str(process_count),
                       "--process-id", str(process_id)]
         children.append(subprocess.Popen(command, cwd=os.getcwd(),   # relative paths in argv stay valid
                                          env=_child_env(platform_name, per_process, process_id, gpu_ids),
@@ -598,10 +612,10 @@ def sweep(args: argparse.Namespace, config: cfg.Config, argv: list[str]) -> path
         except subprocess.TimeoutExpired:
           for other in children:
             other.kill()
-          raise RuntimeError(f"the {count}-device point ran past --timeout={args.timeout} s") from None
+          raise RuntimeError(f"the {process_count}-process {count}-device point ran past --timeout={args.timeout} s") from None
       for process_id, (child, output) in enumerate(zip(children, outputs)):
         if child.returncode != 0:
-          raise RuntimeError(f"the {count}-device point failed in process {process_id} (exit {child.returncode}):"
+          raise RuntimeError(f"the {process_count}-process {count}-device point failed in process {process_id} (exit {child.returncode}):"
                              f"\n{output[-4000:]}")
       record = json.loads(point_out.read_text())
       child_records.append(record)

@@ -62,15 +62,20 @@ def test_step_time_stats_gives_median_and_spread():
   assert stats["count"] == 5
 
 
-def test_device_counts_must_split_over_processes_and_the_strong_scaling_batch():
-  assert throughput.device_counts("1,2,4", processes=1, batch_size=8, scaling="strong") == [1, 2, 4]
+def test_sweep_points_pair_each_process_count_with_the_device_counts_it_divides():
+  assert throughput.sweep_points("1,2,4", "1", batch_size=8, scaling="strong") == [(1, 1), (1, 2), (1, 4)]
+  assert throughput.sweep_points("1,2,4", "1,2", batch_size=8, scaling="strong") == [
+      (1, 1), (1, 2), (1, 4), (2, 2), (2, 4)]
   with pytest.raises(ValueError, match="not divisible by 3 devices"):
-    throughput.device_counts("1,3", processes=1, batch_size=8, scaling="strong")
-  assert throughput.device_counts("3", processes=1, batch_size=8, scaling="weak") == [3]
-  with pytest.raises(ValueError, match="do not split over --processes=2"):
-    throughput.device_counts("2,3", processes=2, batch_size=12, scaling="weak")
-  with pytest.raises(ValueError, match="comma-separated device counts"):
-    throughput.device_counts("two", processes=1, batch_size=8, scaling="strong")
+    throughput.sweep_points("1,3", "1", batch_size=8, scaling="strong")
+  assert throughput.sweep_points("3", "1", batch_size=8, scaling="weak") == [(1, 3)]
+  assert throughput.sweep_points("2,3", "2", batch_size=12, scaling="weak") == [(2, 2)]
+  with pytest.raises(ValueError, match="none of --devices=3 splits over 2 processes"):
+    throughput.sweep_points("3", "1,2", batch_size=12, scaling="weak")
+  with pytest.raises(ValueError, match="comma-separated positive counts"):
+    throughput.sweep_points("two", "1", batch_size=8, scaling="strong")
+  with pytest.raises(ValueError, match="--processes='0'"):
+    throughput.sweep_points("2", "0", batch_size=8, scaling="strong")
 
 
 def test_gpu_peaks_follow_the_device_kind_and_the_compute_dtype():
