@@ -1,7 +1,7 @@
 """Images per second the input pipeline delivers, per source, with 0, 1 and 2 Grain worker processes.
 
-  python benchmarks/input_pipeline.py                                  # sim, npy, png; 0, 1, 2 workers
-  python benchmarks/input_pipeline.py --sources=sim --workers=0,2 --batches=100
+  python -m benchmarks.input_pipeline                               # sim, npy, png; 0, 1, 2 workers
+  python -m benchmarks.input_pipeline --sources=sim --workers=0,2 --batches=100
 
 Each run builds the training loader of the default config (unbounded, shuffled, D4 augmentation, 125 -> 128
 padding, batch 8 per process) for one source and reads `--batches` batches after a warm-up of one batch per
@@ -12,7 +12,7 @@ lenses (`lensjax.sim`) with masks made on load, `png` 256x256 grey slices with 0
 
 Target: at least 5x the images/s the default training step consumes on the same machine; `python -m
 benchmarks.throughput` times that step and the simulated pipeline in one run. Prints a table and writes JSON
-(`--json`), with the load average, since timings on a shared machine vary with other jobs.
+(`--out`), with the load average, since timings on a shared machine vary with other jobs.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def main() -> None:
   parser.add_argument("--batches", type=int, default=100)
   parser.add_argument("--read-threads", type=int, default=cfg.DataConfig().read_threads)
   parser.add_argument("--edge", action="store_true", help="also compute the Canny edge map (MSRF-Net)")
-  parser.add_argument("--json", default="runs/benchmarks/input_pipeline.json")
+  parser.add_argument("--out", default="runs/benchmarks/input_pipeline.json")
   args = parser.parse_args()
   sources = args.sources.split(",")
   worker_counts = [int(w) for w in args.workers.split(",")]
@@ -125,7 +125,7 @@ def main() -> None:
     print(f"{r['source']:8s}{r['workers']:>8d}{r['images_per_s']:>12.1f}{r['warm_up_s']:>12.2f}")
   print(f"load average before/after: {report['load_average_before']} / {report['load_average_after']} "
         f"on {os.cpu_count()} CPUs")
-  out = pathlib.Path(args.json)
+  out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(report, indent=2))
   print(f"wrote {out}")

@@ -1,7 +1,7 @@
 """Images per second of `lensjax.sim.Simulator.render` against lenstronomy on the same scenes.
 
-  python benchmarks/simulator.py --out runs/bench_simulator.json
-  python benchmarks/simulator.py --batch-sizes 64,256 --repeats 3 --config.sim.field_galaxies_max=0
+  python -m benchmarks.simulator --out runs/benchmarks/simulator.json
+  python -m benchmarks.simulator --batch-sizes 64,256 --repeats 3 --config.sim.field_galaxies_max=0
 
 For each batch size: `render` of that many new indices (observed, lens, arcs, masks, parameters), compile
 excluded (one warm-up call per size), median over --repeats. When lenstronomy is importable (the `bench`
