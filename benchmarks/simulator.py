@@ -247,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({results['lenstronomy']['images']} scenes, observed + lens + arcs, no masks; the ratio column); "
           f"{with_masks:.0f} images/s with numpy percentile masks added (best JAX batch: "
           f"{best / with_masks:.1f}x that)")
-    print("max |JAX - lenstronomy| / channel peak over "
-          f"{args.check_images} scenes: " + ", ".join(f"{k} {v:.1e}" for k, v in results["max_relative_difference"].items()))
+    differences = ", ".join(f"{k} {v:.1e}" for k, v in results["max_relative_difference"].items())
+    print(f"max |JAX - lenstronomy| / channel peak over {args.check_images} scenes: {differences}")
   if args.breakdown:
     print(f"breakdown at batch {results['breakdown_batch_size']}, parts switched off (images/s):")
     print(f"  {'JAX':>8} {'lenstr.':>8} {'ratio':>6}  scene")

@@ -612,11 +612,12 @@ def sweep(args: argparse.Namespace, config: cfg.Config, argv: list[str]) -> path
         except subprocess.TimeoutExpired:
           for other in children:
             other.kill()
-          raise RuntimeError(f"the {process_count}-process {count}-device point ran past --timeout={args.timeout} s") from None
+          raise RuntimeError(f"the {process_count}-process {count}-device point ran past "
+                             f"--timeout={args.timeout} s") from None
       for process_id, (child, output) in enumerate(zip(children, outputs)):
         if child.returncode != 0:
-          raise RuntimeError(f"the {process_count}-process {count}-device point failed in process {process_id} (exit {child.returncode}):"
-                             f"\n{output[-4000:]}")
+          raise RuntimeError(f"the {process_count}-process {count}-device point failed in process {process_id} "
+                             f"(exit {child.returncode}):\n{output[-4000:]}")
       record = json.loads(point_out.read_text())
       child_records.append(record)
       points.extend(record["points"])

@@ -76,7 +76,8 @@ class Source(grain.sources.RandomAccessDataSource):
   """What `make_source` returns: preprocessed examples, without augmentation.
 
   Elements are dicts of numpy arrays: `image` (S, S, C) float32, `mask` (S, S, K) float32 in {0, 1} (not for
-  FITS), `edge` (S, S, 1) and `mask_edge` (S, S, K) float32 when the preprocessor makes them, `index` int64 and the raw source's scalars.
+  FITS), `edge` (S, S, 1) and `mask_edge` (S, S, K) float32 when the preprocessor makes them, `index` int64
+  and the raw source's scalars.
   """
 
   def __init__(self, raw: RawSource, preprocessor: transforms.Preprocessor, split: str):

@@ -239,9 +239,13 @@ def surface_brightness(scene: dict[str, jax.Array], optics: Optics) -> jax.Array
     source_light = profiles.sersic_ellipse(beta_x, beta_y, s["source_amp"], s["source_R_sersic"],
                                            s["source_n_sersic"], s["source_e1"], s["source_e2"],
                                            s["source_x"], s["source_y"])
-    return source_light + _sum_over_active_slots(
-        lambda k: profiles.gaussian(beta_x, beta_y, s["clump_flux"][k], s["clump_sigma"][k], s["clump_x"][k],
-                                    s["clump_y"][k]), s["n_clumps"].astype(jnp.int32), s["clump_flux"].shape[-1], source_light)
+
+    def clump(k):
+      return profiles.gaussian(beta_x, beta_y, s["clump_flux"][k], s["clump_sigma"][k], s["clump_x"][k],
+                               s["clump_y"][k])
+
+    return source_light + _sum_over_active_slots(clump, s["n_clumps"].astype(jnp.int32),
+                                                 s["clump_flux"].shape[-1], source_light)
 
   field_light = _sum_over_active_slots(
       lambda k: profiles.sersic_ellipse(x, y, s["field_amp"][k], s["field_R_sersic"][k], s["field_n_sersic"][k],
