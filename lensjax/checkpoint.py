@@ -291,7 +291,7 @@ class Checkpoints:
           destination = destination_root / f"{step}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
         shutil.move(str(self.step_path(step)), str(destination))
         _warn(f"moved the broken checkpoint of step {step} to {destination}")
-    multihost_utils.sync_global_devices("lensjax.checkpoint.set_aside")
+    parallel.sync_processes("checkpoint.set_aside")
     self._manager.reload()
 
 

@@ -20,12 +20,14 @@ misses its heartbeats (`heartbeat_timeout_seconds`), instead of hanging in a col
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
+from orbax.checkpoint import multihost as orbax_multihost
 
 DATA_AXIS = "data"
 SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
@@ -74,6 +76,21 @@ def initialize(options: DistributedOptions) -> None:
     jax.distributed.initialize(**timeouts)
     logging.info("joined Slurm job %s as process %d of %d", os.environ["SLURM_JOB_ID"],
                  jax.process_index(), jax.process_count())
+
+
+# Suffixes that keep barrier names unique when a barrier is passed more than once (every process counts alike).
+_barrier_counter = itertools.count()
+
+
+def sync_processes(name: str, timeout_s: int = 1800) -> None:
+  """Waits until every process reaches the barrier `name`; a no-op for a single process.
+
+  A barrier of the coordination service (through Orbax), not a collective like
+  `multihost_utils.sync_global_devices`: it compiles and runs nothing on the devices, and it raises once
+  `timeout_s` passes or a process has died, where a collective would wait for Gloo's or NCCL's own timeouts.
+  """
+  barrier = orbax_multihost.get_barrier_sync_fn()
+  barrier(key=f"lensjax.{name}.{next(_barrier_counter)}", timeout_ms=timeout_s * 1000)
 
 
 def is_main_process() -> bool:

@@ -48,7 +48,6 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from lensjax import checkpoint, data, feature_sync, metrics, models, parallel, plots, progress, train_step
 from lensjax import config as cfg
@@ -123,9 +122,7 @@ class MetricsLog:
     lines = [line for line in self.path.read_text().splitlines() if line.strip()]
     kept = [line for line in lines if _logged_step(line) <= step]
     if len(kept) < len(lines):
-      temporary = self.path.with_name(self.path.name + ".tmp")
-      temporary.write_text("".join(line + "\n" for line in kept))
-      os.replace(temporary, self.path)
+      _write_text_atomically(self.path, "".join(line + "\n" for line in kept))
     return len(lines) - len(kept)
 
   def write(self, step: int, split: str, values: dict[str, float]) -> None:
@@ -193,21 +190,21 @@ def check_same_run(previous: dict[str, Any], config: cfg.Config, where: pathlib.
   return [f"{key}: {old!r} -> {new!r}" for key, old, new in changes]
 
 
+def _write_text_atomically(path: pathlib.Path, text: str) -> None:
+  """Writes through a temporary file and a rename, so a reader (another process) never sees half of it."""
+  temporary = path.with_name(f".{path.name}.tmp")
+  temporary.write_text(text)
+  os.replace(temporary, path)
+
+
 def prepare_run_directory(workdir: pathlib.Path, config: cfg.Config, restart: bool) -> None:
   """Deletes an earlier run (`restart`) or checks that it has the same config; writes config.json.
 
-  Every process checks (they read the same files); process 0 deletes and writes.
+  Every process checks (they read the same files); once all have, process 0 deletes and writes.
   """
   found = [name for name in RUN_OUTPUTS if (workdir / name).exists()]
   if restart and found:
     say(f"--restart: deleting the earlier run in {workdir} ({', '.join(found)})")
-    if parallel.is_main_process():
-      for name in found:
-        path = workdir / name
-        if path.is_dir():
-          shutil.rmtree(path)
-        else:
-          path.unlink()
   elif (workdir / CONFIG_FILE).is_file():
     try:
       previous = json.loads((workdir / CONFIG_FILE).read_text())
@@ -216,10 +213,18 @@ def prepare_run_directory(workdir: pathlib.Path, config: cfg.Config, restart: bo
                              "over, or choose another --workdir") from None
     for line in check_same_run(previous, config, workdir):
       say(f"resuming with a changed setting: {line}")
+  parallel.sync_processes("train.run_directory_checked")   # nothing changes while a process still reads
   if parallel.is_main_process():
+    if restart:
+      for name in found:
+        path = workdir / name
+        if path.is_dir():
+          shutil.rmtree(path)
+        else:
+          path.unlink()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(config), indent=2) + "\n")
-  multihost_utils.sync_global_devices("lensjax.train.prepare_run_directory")
+    _write_text_atomically(workdir / CONFIG_FILE, json.dumps(cfg.to_dict(config), indent=2) + "\n")
+  parallel.sync_processes("train.run_directory_written")
 
 
 # ---------------------------------------------------------------------------------------------------
