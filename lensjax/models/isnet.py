@@ -201,6 +201,25 @@ def _stage(spec: StageSpec, in_channels: int, mid_channels: int, out_channels: i
   return RSU(spec.height, in_channels, mid_channels, out_channels, dtype=dtype, rngs=rngs)
 
 
+def _add_side_heads(model: ISNet | ISNetGTEncoder, out_channels: int, channels, *, dtype, rngs: nnx.Rngs) -> None:
+  """Side heads `side1` ... `side{depth}`: a 3x3 conv from the channels of feature i to `out_channels` logits."""
+  for level in range(1, model.depth + 1):
+    setattr(model, f"side{level}",
+            _conv3x3(channels(FEATURE_CHANNELS[level - 1]), out_channels, dtype=dtype, rngs=rngs))
+
+
+def _encode(model: ISNet | ISNetGTEncoder, hx: jax.Array) -> list[jax.Array]:
+  """The encoder stages on the stem's output: [hx1, ..., hx{depth}], a ceil-mode 2x2 max pool before each but
+  the first."""
+  stage_outputs = []
+  for level in range(1, model.depth + 1):
+    if level > 1:
+      hx = max_pool_ceil(hx)
+    hx = getattr(model, f"stage{level}")(hx)
+    stage_outputs.append(hx)
+  return stage_outputs
+
+
 def _side_logits(model: ISNet | ISNetGTEncoder, features: list[jax.Array],
                  size: tuple[int, int]) -> list[jax.Array]:
   """Side head i on feature i, in float32, bilinearly upsampled to the input size: D x (B, H, W, K)."""
@@ -248,22 +267,15 @@ class ISNet(nnx.Module):
               _stage(spec, deeper + encoder_out[level - 1], channels(spec.mid_channels),
                      channels(spec.out_channels), dtype=self.dtype, rngs=rngs))
       deeper = channels(spec.out_channels)
-    for level in range(1, depth + 1):
-      setattr(self, f"side{level}",
-              _conv3x3(channels(FEATURE_CHANNELS[level - 1]), out_channels, dtype=self.dtype, rngs=rngs))
+    _add_side_heads(self, out_channels, channels, dtype=self.dtype, rngs=rngs)
 
   def __call__(self, image: jax.Array, *, rngs: nnx.Rngs | None = None
                ) -> tuple[list[jax.Array], list[jax.Array]]:
     """image (B, H, W, in_channels) -> (side_logits, features); `rngs` is unused (IS-Net has no dropout)."""
     del rngs
     _check_image("ISNet", image, self.in_channels, "an image")
-    hx = self.conv_in(image.astype(self.dtype))
-    skips = []                                     # skips[i - 1] is hx_i, the output of encoder stage i
-    for level in range(1, self.depth + 1):
-      if level > 1:
-        hx = max_pool_ceil(hx)
-      hx = getattr(self, f"stage{level}")(hx)
-      skips.append(hx)
+    skips = _encode(self, self.conv_in(image.astype(self.dtype)))   # skips[i - 1] is hx_i
+    hx = skips[-1]
     features = [hx]
     for level in range(self.depth - 1, 0, -1):
       skip = skips[level - 1]
@@ -315,22 +327,14 @@ class ISNetGTEncoder(nnx.Module):
       setattr(self, f"stage{level}", _stage(spec, stage_in, channels(spec.mid_channels),
                                             channels(spec.out_channels), dtype=self.dtype, rngs=rngs))
       stage_in = channels(spec.out_channels)
-    for level in range(1, depth + 1):
-      setattr(self, f"side{level}",
-              _conv3x3(channels(FEATURE_CHANNELS[level - 1]), out_channels, dtype=self.dtype, rngs=rngs))
+    _add_side_heads(self, out_channels, channels, dtype=self.dtype, rngs=rngs)
 
   def __call__(self, mask: jax.Array, *, rngs: nnx.Rngs | None = None
                ) -> tuple[list[jax.Array], list[jax.Array]]:
     """mask (B, H, W, in_channels) -> (side_logits, features); `rngs` is unused (no dropout)."""
     del rngs
     _check_image("ISNetGTEncoder", mask, self.in_channels, "a mask")
-    hx = self.conv_in(mask.astype(self.dtype))
-    features = []
-    for level in range(1, self.depth + 1):
-      if level > 1:
-        hx = max_pool_ceil(hx)
-      hx = getattr(self, f"stage{level}")(hx)
-      features.append(hx)
+    features = _encode(self, self.conv_in(mask.astype(self.dtype)))
     return _side_logits(self, features, mask.shape[1:3]), features
 
   def prediction(self, outputs: tuple[list[jax.Array], list[jax.Array]]) -> jax.Array:

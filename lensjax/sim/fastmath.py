@@ -103,7 +103,7 @@ def arctanh(u: jax.Array) -> jax.Array:
 
 @jax.custom_jvp
 def arctan(z: jax.Array) -> jax.Array:
-  """arctan(z), elementwise: one division and a degree-9 odd polynomial, within 2 ulp of the exact value.
+  """arctan(z), elementwise: one division and a degree-9 odd polynomial (accuracy: module docstring).
 
   Range reduction to |t| <= tan(pi/8) as in Cephes `atanf`: arctan(z) = c + arctan((a|z| - b) / (g|z| + d))
   with c in {0, pi/4, pi/2}.

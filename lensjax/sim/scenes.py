@@ -1,4 +1,4 @@
-"""Scene priors, scene sampling and the rendering of one scene, all traceable by `jax.jit` and `jax.vmap`.
+"""Scene priors, scene sampling and rendering, all traceable by `jax.jit` (sampling also by `jax.vmap`).
 
 A scene is a dict of float32 arrays: scalars for the lens (SIE + external shear + Sersic light) and the
 source's main Sersic, and fixed-length slot arrays for the source's Gaussian clumps and the field galaxies

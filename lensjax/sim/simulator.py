@@ -7,7 +7,7 @@
     batch["params"]["theta_E"]                         # (64,) float32, one entry per parameter
 
 Every image is a pure function of (seed, index): its random key is `fold_in(key(seed), index)`, and every
-image goes through the same compiled program, one `jit(vmap(...))` over a fixed chunk of
+image goes through the same compiled program, one `jit` over a fixed chunk of
 `config.render_chunk` images: requests are padded to whole chunks. (XLA compiles a different batch size,
 or a `shard_map` over several devices, into different code whose float rounding differs in the last bit, so
 power-of-two buckets or a sharded batch would not give bit-identical images.) With several local devices
