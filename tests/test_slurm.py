@@ -132,10 +132,14 @@ def test_preemptible_training_checkpoints_on_the_signal_is_requeued_and_resumes(
   # 2. what --signal=B:USR1@120 does before the time limit: SIGUSR1 to the batch shell only
   subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True, timeout=30)
   # 3. the job checkpoints, exits its step with 0 and requeues itself
-  requeued = _wait(lambda: (j := _job(job_id)).get("Restarts", "0") != "0" and j, 300, "the requeue", job_id, log)
-  assert requeued["JobState"] in ("PENDING", "REQUEUED", "RUNNING", "COMPLETING"), requeued
-  # a requeued job waits for its begin time (about 2 minutes); release it now
-  subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], timeout=30)
+  _wait(lambda: (j := _job(job_id)).get("Restarts", "0") != "0" and j.get("JobState") == "PENDING", 300,
+        "the requeue", job_id, log)
+  # A requeued job waits for its begin time (about 2 minutes): the node revoked the first run's credential, in whole
+  # seconds, and refuses a relaunch within that second ("Job N already killed, do not launch batch job", and the
+  # job FAILS with exit 1). Release it early, but only once it is PENDING (the end of the first run is processed)
+  # and a couple of seconds later.
+  time.sleep(2)
+  subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
   # 4. the second run resumes and finishes
   final = _wait(lambda: _finished(job_id), 900, "the requeued job to finish", job_id, log)
   text = log.read_text()
