@@ -80,15 +80,21 @@ def rows_from_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
       rows.append({"group": key, "label": group_label(record), "note": hardware.get("note", ""),
                    "short_label": f"{model_label(config)} ({device}), {record['scaling']}",
                    "file": record["_file"], "command": record["command"], "point": point})
-  by_group: dict[tuple, list[dict[str, Any]]] = {}
-  for row in rows:
-    by_group.setdefault(row["group"], []).append(row)
+  by_group = groups(rows)
   for group_rows in by_group.values():
     group_rows.sort(key=lambda r: (r["point"]["devices"], r["point"]["nodes"], r["point"]["processes"]))
     base = group_rows[0]["point"]["train"]["images_per_s_per_device"]
     for row in group_rows:
       row["efficiency"] = row["point"]["train"]["images_per_s_per_device"] / base
   return [row for group_rows in by_group.values() for row in group_rows]
+
+
+def groups(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+  """The rows by their comparison group, groups and rows in the order given."""
+  by_group: dict[tuple, list[dict[str, Any]]] = {}
+  for row in rows:
+    by_group.setdefault(row["group"], []).append(row)
+  return by_group
 
 
 def _efficiency(value: float) -> str:
@@ -128,10 +134,7 @@ def table_row(row: dict[str, Any]) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
   """The report: per group a heading, what the numbers are, and the table."""
   lines = ["# lensjax training throughput", ""]
-  groups: dict[tuple, list[dict[str, Any]]] = {}
-  for row in rows:
-    groups.setdefault(row["group"], []).append(row)
-  for group_rows in groups.values():
+  for group_rows in groups(rows).values():
     first = group_rows[0]
     point = first["point"]
     lines += [f"## {first['label']}", ""]
@@ -165,18 +168,16 @@ def plot(rows: list[dict[str, Any]], out_dir: pathlib.Path) -> list[pathlib.Path
   from matplotlib import pyplot as plt
   from matplotlib import ticker
 
-  groups: dict[tuple, list[dict[str, Any]]] = {}
-  for row in rows:
-    groups.setdefault(row["group"], []).append(row)
+  by_group = groups(rows)
   axes_specs = [("devices", "devices (GPUs, or fake CPU devices)", "scaling_devices.png")]
-  if any(len({r["point"]["nodes"] for r in g}) > 1 for g in groups.values()):
+  if any(len({r["point"]["nodes"] for r in g}) > 1 for g in by_group.values()):
     axes_specs.append(("nodes", "nodes (the point with the most devices at each node count)", "scaling_nodes.png"))
   markers = {"1 process": "o", "1 process per device": "s"}
   written = []
   for axis, xlabel, filename in axes_specs:
     figure, (ax_rate, ax_eff) = plt.subplots(1, 2, figsize=(12, 4.5))
     ticks = set()
-    for index, group_rows in enumerate(groups.values()):
+    for index, group_rows in enumerate(by_group.values()):
       colour = f"C{index}"
       chosen = group_rows if axis == "devices" else _most_devices_per_node_count(group_rows)
       base = chosen[0]

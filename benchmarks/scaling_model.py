@@ -47,11 +47,12 @@ import pathlib
 import sys
 from typing import Any
 
+from benchmarks import report, throughput
 from lensjax import config as cfg
 
 LOGGED_ISNET_STEP_S = 0.083          # s per iteration, original IS-Net, batch 8, one Perlmutter A100
 LOGGED_ISNET_BATCH = 8
-A100_PEAK_FLOPS = {"float32": 156e12, "bfloat16": 312e12}   # dense TF32 / bf16 tensor-core peaks
+A100_PEAK_FLOPS = dict(throughput.GPU_PEAK_FLOPS)["A100"]   # dense TF32 / bf16 tensor-core peaks
 XLA_ALL_REDUCE_COMBINE_BYTES = 30 * 2**20 + 7               # xla/service/collective_utils.h
 BACKWARD_SHARE = 2 / 3               # backward = 2 x forward FLOPs: the share of compute that can hide comms
 DEFAULT_NODES = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -290,13 +291,13 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--network-latency-us", type=float, default=Machine.network_latency * 1e6)
   parser.add_argument("--out-dir", default=None, help="write scaling_model.md, .json and .png here")
   args, overrides = cfg.parse_command_line(parser, sys.argv[1:] if argv is None else argv)
+  machine = machine_from_args(args)
   try:
     config = cfg.load_module_config(args.config)
     cfg.parse_overrides(config, overrides)
-    results, measured = run(args, config)
+    results, measured = run(args, config, machine)
   except ValueError as error:
     parser.exit(2, f"error: {error}\n")
-  machine = machine_from_args(args)
   text = markdown(results, machine)
   print(text)
   if args.out_dir:
@@ -316,9 +317,9 @@ def machine_from_args(args: argparse.Namespace) -> Machine:
                  nvlink_latency=args.nvlink_latency_us * 1e-6, network_latency=args.network_latency_us * 1e-6)
 
 
-def run(args: argparse.Namespace, config: cfg.Config) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-  """Predictions for every (model, compute source), and the measured GPU points per model."""
-  from benchmarks import report
+def run(args: argparse.Namespace, config: cfg.Config, machine: Machine
+        ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+  """Predictions for every (model, compute source) on `machine`, and the measured GPU points per model."""
   models = [m.strip() for m in args.models.split(",") if m.strip()]
   for name in models:
     if name not in MODELS:
@@ -332,7 +333,6 @@ def run(args: argparse.Namespace, config: cfg.Config) -> tuple[list[dict[str, An
     raise ValueError(f"--per-gpu-batch={args.per_gpu_batch}: expected a positive batch")
   records = report.load_records(args.records) if args.records else []
   given = parse_flops_option(args.flops_per_image)
-  machine = machine_from_args(args)
 
   flops, parameters = {}, {}
   needed = set(models) | ({"isnet"} if "logged" in sources else set())

@@ -58,11 +58,11 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.report import SCHEMA
 from lensjax import config as cfg
 from lensjax import parallel
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCHEMA = "lensjax.throughput/1"
 MIN_TIMED_STEPS = 20
 
 # Nominal dense peaks per GPU in FLOP/s, from NVIDIA's data sheets, for the compute dtype of the model config.
@@ -89,8 +89,8 @@ _HLO_ARRAY = re.compile(r"\b(?P<dtype>[a-z][a-z0-9]*)\[(?P<dims>[0-9,]*)\]")
 # Command line
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, cfg.Config, list[str]]:
-  """The options, the resolved config and the `--config.*` overrides as given (children get them verbatim)."""
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, cfg.Config]:
+  """The options and the resolved config."""
   parser = argparse.ArgumentParser(
       prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0],
       epilog="Any config field can be overridden: --config.SECTION.FIELD=VALUE.")
@@ -127,7 +127,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, cfg.Config, list[st
     args.batch_size = config.train.batch_size
   if args.batch_size < 1:
     parser.error(f"--batch-size={args.batch_size}: expected a positive number of images")
-  return args, config, overrides
+  return args, config
 
 
 def _counts(option: str, text: str) -> list[int]:
@@ -560,8 +560,7 @@ def _child_env(platform_name: str, devices_per_process: int, process_id: int, gp
   else:
     first = process_id * devices_per_process
     env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids[first:first + devices_per_process])
-  for name in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
-               "LENSJAX_COORDINATOR_ADDRESS", "LENSJAX_NUM_PROCESSES", "LENSJAX_PROCESS_ID"):
+  for name in (*parallel.SLURM_VARIABLES, *(name for name, _, _ in parallel.LENSJAX_VARIABLES)):
     env.pop(name, None)   # children form their own job, never the caller's
   return env
 
@@ -633,7 +632,7 @@ def sweep(args: argparse.Namespace, config: cfg.Config, argv: list[str]) -> path
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
-  args, config, _ = parse_args(argv)
+  args, config = parse_args(argv)
   if args.devices:
     sweep(args, config, argv)
   else:

@@ -31,6 +31,9 @@ from orbax.checkpoint import multihost as orbax_multihost
 
 DATA_AXIS = "data"
 SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+# What `options_from_env` reads: (environment variable, DistributedOptions field, type).
+LENSJAX_VARIABLES = (("LENSJAX_COORDINATOR_ADDRESS", "coordinator_address", str),
+                     ("LENSJAX_NUM_PROCESSES", "num_processes", int), ("LENSJAX_PROCESS_ID", "process_id", int))
 
 
 @dataclasses.dataclass
@@ -45,11 +48,8 @@ class DistributedOptions:
 
 def options_from_env(**overrides) -> DistributedOptions:
   """Options from `LENSJAX_*` environment variables, overridden by non-None keyword arguments."""
-  env = os.environ
-  options = DistributedOptions(
-      coordinator_address=env.get("LENSJAX_COORDINATOR_ADDRESS"),
-      num_processes=int(env["LENSJAX_NUM_PROCESSES"]) if "LENSJAX_NUM_PROCESSES" in env else None,
-      process_id=int(env["LENSJAX_PROCESS_ID"]) if "LENSJAX_PROCESS_ID" in env else None)
+  options = DistributedOptions(**{field: kind(os.environ[name]) for name, field, kind in LENSJAX_VARIABLES
+                                  if name in os.environ})
   for key, value in overrides.items():
     if value is not None:
       setattr(options, key, value)

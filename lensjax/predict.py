@@ -43,7 +43,6 @@ from typing import Any
 import cv2
 import jax
 import numpy as np
-from flax import nnx
 from PIL import Image
 
 from lensjax import checkpoint, data, evaluate, parallel, plots, train_step
@@ -186,9 +185,8 @@ def compile_forward(graphdef, mesh, state_sharding):
   """(state, batch) -> (B, H, W, K) probabilities, jitted: the network in inference mode on `batch`'s inputs."""
 
   def forward(state, batch):
-    model = train_step.network_of(nnx.merge(graphdef, state))
-    model.eval()
-    logits = model.prediction(model(*(batch[key] for key in model.input_keys)))
+    model = train_step.inference_network(graphdef, state)
+    logits = model.prediction(train_step.apply_network(model, batch))
     return jax.nn.sigmoid(logits.astype(np.float32))
 
   return jax.jit(forward, in_shardings=(state_sharding, parallel.batch_sharding(mesh)),

@@ -78,7 +78,8 @@ class FrozenEncoder:
   weight: float = 1.0
 
 
-def _call(model, batch, rngs=None):
+def apply_network(model, batch: dict[str, jax.Array], rngs: nnx.Rngs | None = None):
+  """The network's outputs on the batch arrays it takes (`model.input_keys`: `image`, and `edge` for MSRF-Net)."""
   return model(*(batch[k] for k in model.input_keys), rngs=rngs)
 
 
@@ -96,7 +97,7 @@ def train_step_fn(graphdef, loss_fn: LossFn, frozen: FrozenEncoder | None = None
     model, optimizer = nnx.merge(graphdef, state)
 
     def objective(model):
-      outputs = _call(model, batch, nnx.Rngs(dropout=rng))
+      outputs = apply_network(model, batch, nnx.Rngs(dropout=rng))
       loss, terms = loss_fn(outputs, batch)
       if frozen is not None:
         sync = losses.feature_sync_loss(outputs[1], _encoder_features(frozen, frozen_state, batch))
@@ -122,9 +123,13 @@ def compile_train_step(graphdef, loss_fn: LossFn, mesh, state_sharding, frozen: 
                  out_shardings=(state_sharding, repl), donate_argnums=0)
 
 
-def network_of(merged: Any) -> nnx.Module:
-  """The network of a merged state: (model, optimizer) for a training run, the model alone for imported weights."""
-  return merged[0] if isinstance(merged, tuple) else merged
+def inference_network(graphdef, state) -> nnx.Module:
+  """The network of a split state, in inference mode (BatchNorm on running statistics): the state is
+  (model, optimizer) for a training run, the model alone for imported weights."""
+  merged = nnx.merge(graphdef, state)
+  model = merged[0] if isinstance(merged, tuple) else merged
+  model.eval()
+  return model
 
 
 def eval_step_fn(graphdef, loss_fn: LossFn, panel_images: int = 0):
@@ -136,9 +141,8 @@ def eval_step_fn(graphdef, loss_fn: LossFn, panel_images: int = 0):
   """
 
   def step(state, batch):
-    model = network_of(nnx.merge(graphdef, state))
-    model.eval()
-    outputs = model(*(batch[key] for key in model.input_keys))
+    model = inference_network(graphdef, state)
+    outputs = apply_network(model, batch)
     loss, terms = loss_fn(outputs, batch)
     logits = model.prediction(outputs)
     per_image = {"iou": metrics.per_image_iou(logits, batch["mask"]), "valid": batch["valid"],

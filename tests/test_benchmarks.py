@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from benchmarks import report, scaling_model, throughput
-from tests import test_data_fixtures as fx
+from tests import tiny_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -235,22 +235,11 @@ def test_scaling_model_command_line_writes_a_labelled_table_json_and_figure(tmp_
 # The real benchmark (slow): a 1-and-2-fake-device sweep and a 2-process point, merged by the report
 
 
-TINY = ["--config.model.width=0.0625", "--config.model.depth=1", "--config.data.source=npy",
-        "--config.data.pad_to=0", "--config.data.read_threads=1"]
-
-
-def write_tiny_npy_dataset(folder: pathlib.Path) -> pathlib.Path:
-  """64 lens-like 32 x 32 scenes with masks, in the original images.npy / masks.npy layout."""
-  fx.write_npy_array(folder, count=64, size=32)
-  return folder
-
-
-def _benchmark(tmp_path, name, *args):
+def _benchmark(tmp_path, name, tiny_job, *args):
   out = tmp_path / f"{name}.json"
   env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_NUM_CPU", "XLA_FLAGS"))}
-  result = subprocess.run([sys.executable, "-m", "benchmarks.throughput", *TINY,
-                           f"--config.data.path={tmp_path / 'data'}", "--batch-size", "4", "--input-batches", "3",
-                           "--out", str(out), *args],
+  result = subprocess.run([sys.executable, "-m", "benchmarks.throughput", *tiny_job, "--config.model.depth=1",
+                           "--batch-size", "4", "--input-batches", "3", "--out", str(out), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=1200, env=env)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   return json.loads(out.read_text()), result.stdout
@@ -259,10 +248,10 @@ def _benchmark(tmp_path, name, *args):
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp("throughput")
-  write_tiny_npy_dataset(tmp_path / "data")
-  sweep, sweep_stdout = _benchmark(tmp_path, "sweep", "--devices", "1,2", "--scaling", "strong")
-  processes, _ = _benchmark(tmp_path, "processes", "--devices", "2", "--processes", "2", "--scaling", "strong",
-                            "--no-eval")
+  tiny_job = tiny_run.write_tiny_npy_job(tmp_path / "data")
+  sweep, sweep_stdout = _benchmark(tmp_path, "sweep", tiny_job, "--devices", "1,2", "--scaling", "strong")
+  processes, _ = _benchmark(tmp_path, "processes", tiny_job, "--devices", "2", "--processes", "2", "--scaling",
+                            "strong", "--no-eval")
   return tmp_path, sweep, sweep_stdout, processes
 
 

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from benchmarks import report
-from tests import test_data_fixtures as fx
+from tests import tiny_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 UP, DOWN = ROOT / ".ci" / "slurm-local-up.sh", ROOT / ".ci" / "slurm-local-down.sh"
@@ -28,9 +28,6 @@ REQUIRED = os.environ.get("LENSJAX_REQUIRE_SLURM") == "1"
 
 pytestmark = pytest.mark.slow
 
-# 32 x 32 images of a tiny npy dataset, an IS-Net of width 1/16
-TINY = ["--config.model.width=0.0625", "--config.data.source=npy", "--config.data.pad_to=0",
-        "--config.data.read_threads=1"]
 
 
 def _perlmutter_cluster_answers() -> bool:
@@ -113,11 +110,10 @@ def _finished(job_id: str) -> dict[str, str] | None:
 
 
 def test_preemptible_training_checkpoints_on_the_signal_is_requeued_and_resumes(slurm_cluster, tmp_path):
-  data = tmp_path / "data"
-  fx.write_npy_array(data, count=64, size=32)
   run_dir = tmp_path / "run"
   num_steps = 40   # enough that the steps left after the signal outlast its delivery (about 2 s)
-  train_args = [*TINY, "--config.model.depth=3", f"--config.data.path={data}", "--config.train.batch_size=4",
+  train_args = [*tiny_run.write_tiny_npy_job(tmp_path / "data"), "--config.model.depth=3",
+                "--config.train.batch_size=4",
                 "--config.train.eval_batch_size=8", f"--config.train.num_steps={num_steps}",
                 "--config.train.log_every=1", f"--config.train.eval_every={num_steps}",
                 "--config.checkpoint.every_steps=1000"]
@@ -157,10 +153,9 @@ def test_preemptible_training_checkpoints_on_the_signal_is_requeued_and_resumes(
 
 
 def test_scaling_sweep_on_one_node_writes_records_that_the_report_turns_into_a_table(slurm_cluster, tmp_path):
-  data = tmp_path / "data"
-  fx.write_npy_array(data, count=64, size=32)
   sweep_dir = tmp_path / "sweep"
-  args = [*TINY, "--config.model.depth=1", f"--config.data.path={data}", "--batch-size", "2", "--input-batches", "3"]
+  args = [*tiny_run.write_tiny_npy_job(tmp_path / "data"), "--config.model.depth=1", "--batch-size", "2",
+          "--input-batches", "3"]
   env = _job_env(tmp_path, LENSJAX_SWEEP_DIR=str(sweep_dir), LENSJAX_SWEEP_GPUS="1 2")
   # -N 1: the sweep skips node counts above its allocation (the script asks for 16 Perlmutter nodes). Points:
   # 1 and 2 GPUs of one node, then the node loop's 1 node x 4 GPUs (no 4-GPU point came before it).

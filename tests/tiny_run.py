@@ -16,6 +16,8 @@ import sys
 
 import pytest
 
+from tests import test_data_fixtures as fx
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 40
 EVERY_STEPS = 5
@@ -27,6 +29,14 @@ TINY = [
     "--config.train.log_every=1", "--config.train.eval_every=20", f"--config.checkpoint.every_steps={EVERY_STEPS}",
     "--config.checkpoint.keep=2", "--config.train.figure_images=2",
 ]
+
+
+def write_tiny_npy_job(data_dir: pathlib.Path) -> list[str]:
+  """Writes 64 lens-like 32 x 32 scenes with masks (the original images.npy / masks.npy layout) to `data_dir`;
+  returns the overrides of an IS-Net of width 1/16 reading them unpadded: the Slurm and benchmark jobs' model."""
+  fx.write_npy_array(data_dir, count=64, size=32)
+  return ["--config.model.width=0.0625", "--config.data.source=npy", f"--config.data.path={data_dir}",
+          "--config.data.pad_to=0", "--config.data.read_threads=1"]
 
 
 def command_env(cache_dir: pathlib.Path) -> dict[str, str]:
