@@ -17,17 +17,18 @@ benchmarks.throughput` times that step and the simulated pipeline in one run. Pr
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
 import platform
+import sys
 import tempfile
 import time
 
 import numpy as np
 from PIL import Image
 
+from lensjax import cli
 from lensjax import config as cfg
 from lensjax import sim
 from lensjax import data as lensdata
@@ -51,7 +52,7 @@ def _write_png(root: pathlib.Path, count: int) -> None:
 
 
 def _config(source: str, path: pathlib.Path | None, workers: int, read_threads: int) -> cfg.Config:
-  config, _ = cfg.load("default")
+  config = cfg.load("default")
   config.data.source = source
   config.data.worker_count = workers
   config.data.read_threads = read_threads
@@ -80,8 +81,9 @@ def measure(config: cfg.Config, batch_size: int, batches: int, with_edge: bool) 
           "seconds": round(elapsed, 3)}
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+@cli.command
+def main(argv: list[str]) -> int:
+  parser = cli.ArgumentParser(prog="python -m benchmarks.input_pipeline", description=__doc__.split("\n")[0])
   parser.add_argument("--sources", default="sim,npy,png")
   parser.add_argument("--workers", default="0,1,2")
   parser.add_argument("--batch-size", type=int, default=8)
@@ -89,7 +91,7 @@ def main() -> None:
   parser.add_argument("--read-threads", type=int, default=cfg.DataConfig().read_threads)
   parser.add_argument("--edge", action="store_true", help="also compute the Canny edge map (MSRF-Net)")
   parser.add_argument("--out", default="runs/benchmarks/input_pipeline.json")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   sources = args.sources.split(",")
   worker_counts = [int(w) for w in args.workers.split(",")]
 
@@ -129,7 +131,8 @@ def main() -> None:
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(report, indent=2))
   print(f"wrote {out}")
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -15,12 +15,13 @@ is the overhead of splitting the step, not a speed-up.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
 from collections.abc import Iterable
 from typing import Any
+
+from lensjax import cli
 
 SCHEMA = "lensjax.throughput/1"
 
@@ -234,15 +235,13 @@ def _most_devices_per_node_count(group_rows: list[dict[str, Any]]) -> list[dict[
   return [chosen[n] for n in sorted(chosen)]
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
+@cli.command
+def main(argv: list[str]) -> int:
+  parser = cli.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
   parser.add_argument("records", nargs="+", help="record files or folders of them")
   parser.add_argument("--out-dir", default=None, help="write report.md and the figures here")
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    rows = rows_from_records(load_records(args.records))
-  except ValueError as error:
-    parser.exit(2, f"error: {error}\n")
+  args = parser.parse_args(argv)
+  rows = rows_from_records(load_records(args.records))
   text = markdown(rows)
   print(text)
   if args.out_dir:

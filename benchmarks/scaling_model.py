@@ -23,7 +23,7 @@ max(all-reduce - backward, all-reduce / buckets). Efficiency = compute / step: 1
 
 Per-step compute per GPU is not measurable on this project's CPU machines. Two sources, both reported:
   * `logged`: the original project's logged IS-Net step on one Perlmutter A100, 0.083 s at batch 8 (PyTorch,
-    data loading included; ../shared/reference/isnet.md §4), scaled linearly with the batch and, for the other
+    data loading included; docs/networks.md), scaled linearly with the batch and, for the other
     network, by its FLOPs per image relative to IS-Net's (i.e. the same achieved FLOP/s);
   * `flops`: XLA's FLOPs per training image / (`--utilisation` x the A100 TF32 peak, 156 TFLOP/s; 312 for
     bfloat16), with the utilisation an assumption (default 0.3).
@@ -48,6 +48,7 @@ import sys
 from typing import Any
 
 from benchmarks import report, throughput
+from lensjax import cli
 from lensjax import config as cfg
 
 LOGGED_ISNET_STEP_S = 0.083          # s per iteration, original IS-Net, batch 8, one Perlmutter A100
@@ -274,9 +275,10 @@ def plot(results: list[dict[str, Any]], measured: dict[str, list[tuple[int, floa
   plt.close(figure)
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling_model", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", default="default", help="config whose data and model settings are used")
+@cli.command
+def main(argv: list[str]) -> int:
+  parser = cli.ArgumentParser(prog="python -m benchmarks.scaling_model", description=__doc__.split("\n\n")[0])
+  cli.add_config_argument(parser, help_text="config whose data and model settings are used (default: default)")
   parser.add_argument("--models", default=",".join(MODELS), help="networks to model (default isnet,msrfnet)")
   parser.add_argument("--nodes", default=",".join(map(str, DEFAULT_NODES)), help="node counts (default 1..128)")
   parser.add_argument("--per-gpu-batch", type=int, default=8, help="images per GPU and step (default 8)")
@@ -290,14 +292,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--nvlink-latency-us", type=float, default=Machine.nvlink_latency * 1e6)
   parser.add_argument("--network-latency-us", type=float, default=Machine.network_latency * 1e6)
   parser.add_argument("--out-dir", default=None, help="write scaling_model.md, .json and .png here")
-  args, overrides = cfg.parse_command_line(parser, sys.argv[1:] if argv is None else argv)
+  args, config = cli.parse_with_config(parser, argv)
   machine = machine_from_args(args)
-  try:
-    config = cfg.load_module_config(args.config)
-    cfg.parse_overrides(config, overrides)
-    results, measured = run(args, config, machine)
-  except ValueError as error:
-    parser.exit(2, f"error: {error}\n")
+  results, measured = run(args, config, machine)
   text = markdown(results, machine)
   print(text)
   if args.out_dir:

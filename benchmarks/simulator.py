@@ -17,7 +17,6 @@ Set JAX_NUM_CPU_DEVICES (default here: one device per CPU core) to change how th
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -32,6 +31,7 @@ os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(os.cpu_count() or 1))
 import jax  # noqa: E402  (after JAX_NUM_CPU_DEVICES)
 import numpy as np  # noqa: E402
 
+from lensjax import cli  # noqa: E402
 from lensjax import config as cfg  # noqa: E402
 from lensjax.sim import Simulator, scenes  # noqa: E402
 
@@ -180,8 +180,10 @@ def compare(simulator: Simulator, renderer: LenstronomyRenderer, indices: np.nda
   return worst
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@cli.command
+def main(argv: list[str]) -> int:
+  parser = cli.ArgumentParser(prog="python -m benchmarks.simulator", description=__doc__.split("\n\n")[0],
+                              epilog="Any SimConfig field can be set as --config.sim.FIELD=VALUE.")
   parser.add_argument("--batch-sizes", default="1,4,16,64,256,1024", help="comma-separated batch sizes")
   parser.add_argument("--repeats", type=int, default=5, help="timed repeats per batch size (median)")
   parser.add_argument("--lenstronomy-images", type=int, default=64, help="scenes timed with lenstronomy")
@@ -190,9 +192,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--breakdown", action="store_true",
                       help="also time the scene with parts switched off (field galaxies, clumps, masks, PSF)")
   parser.add_argument("--out", type=pathlib.Path, help="write the figures as JSON here")
-  args, overrides = parser.parse_known_args(argv)
-  config = cfg.Config()
-  cfg.parse_overrides(config, overrides)
+  args, overrides = cli.parse(parser, argv)
+  config = cfg.parse_overrides(cfg.Config(), overrides, sections=("sim",))
   sim_config = config.sim
   batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
   if min(batch_sizes) < 1 or args.repeats < 1:

@@ -9,9 +9,10 @@
   python -m benchmarks.throughput --config default --config.model.name=msrfnet --config.model.width=0.25
 
 Per point (one device count, one process count):
-  * the real model (`lensjax.train.build_model_and_optimizer`) and the real jitted steps
+  * the real train state (`lensjax.train_step.create_train_state`) and the real jitted steps
     (`lensjax.train_step.compile_train_step` / `compile_eval_step`; with `train.feature_sync`, IS-Net's stage-2
-    step against a ground-truth encoder), compiled ahead of time with the compile time reported apart;
+    step against a ground-truth encoder), compiled ahead of time with the compile time reported apart, the
+    training steps run by the training loop itself (`lensjax.step_loop.run_steps`);
   * a synthetic batch with the shapes and dtypes of the real pipeline's batch, placed on the devices once, so the
     step and not the input is timed; `--warmup` untimed steps, then `--steps` (>= 20) timed ones, each one
     waited for: median and spread (10th/90th percentile, min, max) of the step time, images/s in total and per
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import pathlib
@@ -59,8 +61,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.report import SCHEMA
+from lensjax import cli, parallel
 from lensjax import config as cfg
-from lensjax import parallel
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 MIN_TIMED_STEPS = 20
@@ -91,10 +93,8 @@ _HLO_ARRAY = re.compile(r"\b(?P<dtype>[a-z][a-z0-9]*)\[(?P<dims>[0-9,]*)\]")
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, cfg.Config]:
   """The options and the resolved config."""
-  parser = argparse.ArgumentParser(
-      prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0],
-      epilog="Any config field can be overridden: --config.SECTION.FIELD=VALUE.")
-  parser.add_argument("--config", default="default", help="config name in configs/ or a path")
+  parser = cli.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
+  cli.add_config_argument(parser)
   parser.add_argument("--devices", default=None,
                       help="comma-separated device counts for a sweep (one subprocess group per count); "
                            "default: measure once on every visible device")
@@ -111,18 +111,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, cfg.Config]:
   parser.add_argument("--no-eval", action="store_true", help="skip the evaluation-step measurement")
   parser.add_argument("--out", default=None, help="record path (default runs/benchmarks/throughput-*.json)")
   parser.add_argument("--timeout", type=float, default=3600, help="seconds per sweep point (default 3600)")
-  parser.add_argument("--coordinator-address", default=None, help="HOST:PORT of process 0 (multi-process)")
-  parser.add_argument("--num-processes", type=int, default=None)
-  parser.add_argument("--process-id", type=int, default=None)
-  args, overrides = cfg.parse_command_line(parser, argv)
+  cli.add_process_arguments(parser)
+  args, config = cli.parse_with_config(parser, argv)
   if args.steps < MIN_TIMED_STEPS:
     parser.error(f"--steps={args.steps}: time at least {MIN_TIMED_STEPS} steps for a median and a spread")
   if args.warmup < 1:
     parser.error(f"--warmup={args.warmup}: run at least one untimed step after compilation")
   if args.input_batches < 0:
     parser.error(f"--input-batches={args.input_batches}: expected a count >= 0")
-  config = cfg.load_module_config(args.config)
-  cfg.parse_overrides(config, overrides)
   if args.batch_size is None:
     args.batch_size = config.train.batch_size
   if args.batch_size < 1:
@@ -363,7 +359,7 @@ def measure_point(config: cfg.Config, args: argparse.Namespace) -> dict[str, Any
   """Measures one point on every device of every process of this job; every process must call it."""
   import jax
   from flax import nnx
-  from lensjax import feature_sync, train, train_step
+  from lensjax import feature_sync, step_loop, train_step
 
   load_before = os.getloadavg()
   num_devices, num_processes = jax.device_count(), jax.process_count()
@@ -379,19 +375,15 @@ def measure_point(config: cfg.Config, args: argparse.Namespace) -> dict[str, Any
   pipeline, example = time_input_pipeline(config, per_process, args.input_batches)
   batch = parallel.global_batch(synthetic_batch(example, seed=jax.process_index()), mesh)
 
-  model, optimizer = train.build_model_and_optimizer(config, seed=config.train.seed)
-  parameters = sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  graphdef, state = nnx.split((model, optimizer))
-  state, state_sharding = train_step.place_state(state, mesh, config.train.fsdp)
+  train_state = train_step.create_train_state(config, mesh, config.train.seed)
+  graphdef, state, state_sharding = train_state.graphdef, train_state.state, train_state.shardings
+  parameters = sum(leaf.size for leaf in jax.tree.leaves(nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)))
   loss_fn = train_step.make_loss_fn(config)
   frozen = None
   if config.train.feature_sync:    # stage 2's step; the (untrained) encoder costs what a trained one does
-    encoder_graphdef, encoder_state = nnx.split(feature_sync.build_gt_encoder(config, seed=config.train.seed + 1))
-    frozen = train_step.FrozenEncoder(encoder_graphdef, jax.device_put(encoder_state, parallel.replicated(mesh)),
-                                      config.train.feature_sync_weight)
+    frozen = feature_sync.untrained_gt_encoder(config, mesh)
   frozen_state = None if frozen is None else frozen.state
   base_key = jax.random.key(config.train.seed)
-  keys = [jax.random.fold_in(base_key, i) for i in range(args.warmup + args.steps)]
 
   platform_name = jax.default_backend()
   dtype = config.model.dtype
@@ -405,19 +397,28 @@ def measure_point(config: cfg.Config, args: argparse.Namespace) -> dict[str, Any
 
   start = time.perf_counter()
   lowered = train_step.compile_train_step(graphdef, loss_fn, mesh, state_sharding, frozen).lower(
-      state, frozen_state, batch, keys[0])
+      state, frozen_state, batch, base_key)
   traced = time.perf_counter()
   train_compiled = lowered.compile()
   compiled_at = time.perf_counter()
 
+  def run_loop(state, steps: range) -> tuple[Any, np.ndarray]:
+    """The training loop over `steps` on the placed batch; (state, wall seconds of each step, waited for)."""
+    ends = []
+
+    def wait(event: step_loop.StepEvent) -> None:
+      jax.block_until_ready(event.state)
+      ends.append(time.perf_counter())
+
+    start = time.perf_counter()
+    result = step_loop.run_steps(train_compiled, state, itertools.repeat(batch), base_key, steps=steps,
+                                 batch_size=global_batch, targets=config.data.targets, log_every=len(steps),
+                                 frozen_state=frozen_state, after_step=wait)
+    return result.state, np.diff(np.array([start, *ends]))
+
+  state, _ = run_loop(state, range(1, args.warmup + 1))
+  state, train_seconds = run_loop(state, range(args.warmup + 1, args.warmup + args.steps + 1))
   holder = {"state": state}
-
-  def train_once(i):
-    holder["state"], step_metrics = train_compiled(holder["state"], frozen_state, batch, keys[i])
-    return holder["state"], step_metrics
-
-  _time_steps(train_once, args.warmup)
-  train_seconds = _time_steps(lambda i: train_once(args.warmup + i), args.steps)
   phases = {"train": (train_compiled, train_seconds, compiled_at - traced, traced - start)}
 
   if not args.no_eval:
@@ -493,8 +494,7 @@ def write_record(record: dict[str, Any], out: pathlib.Path) -> None:
 
 def run_here(args: argparse.Namespace, config: cfg.Config, argv: list[str]) -> pathlib.Path | None:
   """Measures one point on this job's devices; process 0 writes the record and prints its summary line."""
-  parallel.initialize(parallel.options_from_env(
-      coordinator_address=args.coordinator_address, num_processes=args.num_processes, process_id=args.process_id))
+  parallel.initialize(cli.distributed_options(args))
   point = measure_point(config, args)
   if not parallel.is_main_process():
     return None
@@ -630,8 +630,8 @@ def sweep(args: argparse.Namespace, config: cfg.Config, argv: list[str]) -> path
   return out
 
 
-def main(argv: list[str] | None = None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
+@cli.command
+def main(argv: list[str]) -> int:
   args, config = parse_args(argv)
   if args.devices:
     sweep(args, config, argv)

@@ -69,18 +69,6 @@ class CheckpointError(ValueError):
   """No usable checkpoint where one is needed."""
 
 
-def check_config(options: cfg.CheckpointConfig) -> None:
-  """Raises ValueError naming the `checkpoint.*` field that is out of range."""
-  if options.every_steps < 0:
-    raise ValueError(f"checkpoint.every_steps={options.every_steps}: expected a number of steps >= 0 "
-                     "(0: save only at the end and when asked to stop)")
-  if options.keep < 1:
-    raise ValueError(f"checkpoint.keep={options.keep}: expected at least 1 (the newest checkpoint is what a "
-                     "rerun resumes from)")
-  if not options.best_metric:
-    raise ValueError("checkpoint.best_metric is empty: name a validation metric, e.g. iou/mean or loss")
-
-
 def rng_to_json(key: jax.Array) -> dict[str, Any]:
   """A typed PRNG key as JSON: its implementation name and its raw uint32 data."""
   return {"impl": str(jax.random.key_impl(key)), "key_data": np.asarray(jax.random.key_data(key)).tolist()}
@@ -117,7 +105,7 @@ class Checkpoints:
   """
 
   def __init__(self, directory: str | pathlib.Path, options: cfg.CheckpointConfig, *, read_only: bool = False):
-    check_config(options)
+    options.check()
     self.directory = pathlib.Path(directory).absolute()
     self.options = options
     self.read_only = read_only
@@ -359,4 +347,4 @@ class StopSignals:
 
 
 __all__ = ["BROKEN_DIR", "CHECKPOINTS_DIR", "CheckpointError", "Checkpoints", "Restored", "StopSignals",
-           "abstract_state", "check_config", "rng_from_json", "rng_to_json"]
+           "abstract_state", "rng_from_json", "rng_to_json"]

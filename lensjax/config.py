@@ -10,15 +10,17 @@ The machinery here is generic over any tree of dataclasses: each concern owns it
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import json
+import math
 import pathlib
 import types
 import typing
 from collections.abc import Sequence
 from typing import Any, Literal
+
+from lensjax import registry
 
 REPO_CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -43,108 +45,82 @@ def _type_name(tp: Any) -> str:
   return getattr(tp, "__name__", str(tp))
 
 
-def _parse_scalar(text: str, tp: Any, key: str) -> Any:
-  """Parses the command-line text `text` as a value of type `tp`."""
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _convert(value: Any, tp: Any, key: str, *, text: bool) -> Any:
+  """`value` as a value of the annotated type `tp`; the one type walker of the configs.
+
+  `text`: `value` is command-line text (`--config.KEY=TEXT`), parsed; otherwise it is a Python or JSON value,
+  checked and lightly coerced (int -> float, list -> tuple, dict -> section).
+  """
+  shown = f"--config.{key}={value!r}" if text else f"config.{key}={value!r}"
   origin = typing.get_origin(tp)
   if origin in (typing.Union, types.UnionType):
     args = typing.get_args(tp)
-    if type(None) in args and text.lower() in ("none", "null", ""):
+    if type(None) in args and (value is None or (text and value.lower() in ("none", "null", ""))):
       return None
     for arg in args:
-      if arg is type(None):
-        continue
-      try:
-        return _parse_scalar(text, arg, key)
-      except ConfigError:
-        pass
-    raise ConfigError(f"--config.{key}={text!r}: expected {_type_name(tp)}")
+      if arg is not type(None):
+        try:
+          return _convert(value, arg, key, text=text)
+        except ConfigError:
+          pass
+    raise ConfigError(f"{shown}: expected {_type_name(tp)}")
   if origin is Literal:
-    choices = typing.get_args(tp)
-    for choice in choices:
-      if str(choice) == text:
+    for choice in typing.get_args(tp):
+      if (str(choice) == value) if text else (choice == value and type(choice) is type(value)):
         return choice
-    raise ConfigError(f"--config.{key}={text!r}: expected one of {', '.join(map(repr, choices))}")
+    raise ConfigError(f"{shown}: expected one of {', '.join(map(repr, typing.get_args(tp)))}")
   if origin in (tuple, list):
-    (elem,) = typing.get_args(tp)[:1] or (str,)
-    items = [t.strip() for t in text.split(",") if t.strip()] if text.strip() else []
-    values = [_parse_scalar(t, elem, key) for t in items]
-    return tuple(values) if origin is tuple else values
-  if tp is bool:
-    lowered = text.lower()
-    if lowered in ("true", "1", "yes", "on"):
-      return True
-    if lowered in ("false", "0", "no", "off"):
-      return False
-    raise ConfigError(f"--config.{key}={text!r}: expected true or false")
-  if tp is int:
-    try:
-      return int(text)
-    except ValueError:
-      raise ConfigError(f"--config.{key}={text!r}: expected an integer") from None
-  if tp is float:
-    try:
-      return float(text)
-    except ValueError:
-      raise ConfigError(f"--config.{key}={text!r}: expected a number") from None
-  if tp is str:
-    return text
-  raise ConfigError(f"--config.{key}: fields of type {_type_name(tp)} cannot be set from the command line")
-
-
-def _check_value(value: Any, tp: Any, key: str) -> Any:
-  """Checks (and lightly coerces) a Python value against the annotated type `tp`."""
-  origin = typing.get_origin(tp)
-  if origin in (typing.Union, types.UnionType):
-    args = typing.get_args(tp)
-    if value is None and type(None) in args:
-      return None
-    errors = []
-    for arg in args:
-      if arg is type(None):
-        continue
-      try:
-        return _check_value(value, arg, key)
-      except ConfigError as e:
-        errors.append(str(e))
-    raise ConfigError(f"config.{key}={value!r}: expected {_type_name(tp)}")
-  if origin is Literal:
-    if value not in typing.get_args(tp):
-      raise ConfigError(f"config.{key}={value!r}: expected one of {', '.join(map(repr, typing.get_args(tp)))}")
-    return value
-  if origin in (tuple, list):
-    if isinstance(value, str) or not isinstance(value, (tuple, list)):
-      raise ConfigError(f"config.{key}={value!r}: expected a tuple")
     (elem,) = typing.get_args(tp)[:1] or (Any,)
-    items = [_check_value(v, elem, key) for v in value]
+    if text:
+      value = [t.strip() for t in value.split(",") if t.strip()]
+    elif isinstance(value, str) or not isinstance(value, (tuple, list)):
+      raise ConfigError(f"{shown}: expected {_type_name(tp)}")
+    items = [_convert(v, elem, key, text=text) for v in value]
     return tuple(items) if origin is tuple else items
   if tp is Any:
     return value
   if dataclasses.is_dataclass(tp):
     if isinstance(value, tp):
       return value
-    if isinstance(value, dict):
+    if isinstance(value, dict) and not text:
       return from_dict(tp, value, prefix=key + ".")
-    raise ConfigError(f"config.{key}: expected a {tp.__name__} section")
-  if tp is float and isinstance(value, int) and not isinstance(value, bool):
-    return float(value)
-  if tp is bool and not isinstance(value, bool):
-    raise ConfigError(f"config.{key}={value!r}: expected true or false")
-  if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
-    raise ConfigError(f"config.{key}={value!r}: expected an integer")
+    raise ConfigError(f"config key '{key}' is a section; set one of its fields: "
+                      + ", ".join(f"{key}.{f.name}" for f in dataclasses.fields(tp)))
+  if tp is bool:
+    if text and value.lower() in _TRUE + _FALSE:
+      return value.lower() in _TRUE
+    if not text and isinstance(value, bool):
+      return value
+    raise ConfigError(f"{shown}: expected true or false")
+  if tp in (int, float):
+    if text:
+      try:
+        return tp(value)
+      except ValueError:
+        pass
+    elif not isinstance(value, bool) and isinstance(value, int if tp is int else (int, float)):
+      return tp(value)
+    raise ConfigError(f"{shown}: expected {'an integer' if tp is int else 'a number'}")
   if isinstance(tp, type) and not isinstance(value, tp):
-    raise ConfigError(f"config.{key}={value!r}: expected {_type_name(tp)}")
+    raise ConfigError(f"{shown}: expected {_type_name(tp)}")
   return value
 
 
 def validate(config: Any, prefix: str = "") -> Any:
-  """Checks every field of a dataclass tree against its annotation; returns the config."""
+  """Checks every field of a dataclass tree against its annotation, then (for a whole `Config`) every range
+  and cross-field rule (`Config.check`); returns the config."""
   for name, tp in _field_types(type(config)).items():
     value = getattr(config, name)
-    checked = _check_value(value, tp, prefix + name)
+    checked = _convert(value, tp, prefix + name, text=False)
     if checked is not value:
       object.__setattr__(config, name, checked)
     if dataclasses.is_dataclass(checked):
       validate(checked, prefix + name + ".")
+  if not prefix and isinstance(config, Config):
+    config.check()
   return config
 
 
@@ -160,38 +136,27 @@ def override(config: Any, key: str, text: str) -> None:
           + ", ".join(sorted(fields)))
     tp = _field_types(type(node))[part]
     if depth == len(parts) - 1:
-      if dataclasses.is_dataclass(tp):
-        raise ConfigError(f"config key '{key}' is a section; set one of its fields: "
-                          + ", ".join(f"{key}.{f.name}" for f in dataclasses.fields(tp)))
-      setattr(node, part, _parse_scalar(text, tp, key))
+      setattr(node, part, _convert(text, tp, key, text=True))
     else:
       node = getattr(node, part)
       if not dataclasses.is_dataclass(node):
         raise ConfigError(f"unknown config key '{key}': '{'.'.join(parts[:depth + 1])}' is not a section")
 
 
-def parse_overrides(config: Any, args: list[str]) -> list[str]:
-  """Applies every `--config.KEY=VALUE` in `args` to `config`; returns the other arguments."""
-  rest = []
+def parse_overrides(config: Any, args: Sequence[str], sections: Sequence[str] | None = None) -> Any:
+  """Applies every `--config.KEY=VALUE` of `args` to `config` and validates it; returns the config.
+
+  `sections`: the only top-level sections these overrides may change (e.g. ('sim', 'data') for evaluation,
+  which changes the data a trained network sees, never the network); None: any.
+  """
   for arg in args:
-    if arg.startswith("--config."):
-      key, sep, text = arg[len("--config."):].partition("=")
-      if not sep:
-        raise ConfigError(f"{arg}: write overrides as --config.KEY=VALUE")
-      override(config, key, text)
-    else:
-      rest.append(arg)
-  validate(config)
-  return rest
-
-
-def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-  """`parser`'s arguments and the `--config.KEY=VALUE` overrides among `argv`; other unknown arguments are errors."""
-  args, rest = parser.parse_known_args(list(argv))
-  unknown = [a for a in rest if not a.startswith("--config.")]
-  if unknown:
-    parser.error(f"unrecognised arguments: {' '.join(unknown)}")
-  return args, rest
+    key, sep, text = arg.removeprefix("--config.").partition("=")
+    if not arg.startswith("--config.") or not sep:
+      raise ConfigError(f"{arg}: write overrides as --config.KEY=VALUE")
+    if sections is not None and key.split(".")[0] not in sections:
+      raise ConfigError(f"{arg}: only {', '.join(f'--config.{s}.*' for s in sections)} can be changed here")
+    override(config, key, text)
+  return validate(config)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -206,8 +171,35 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
   if unknown:
     raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; valid keys: {', '.join(sorted(fields))}")
   types_ = _field_types(cls)
-  kwargs = {k: _check_value(v, types_[k], prefix + k) for k, v in data.items()}
+  kwargs = {k: _convert(v, types_[k], prefix + k, text=False) for k, v in data.items()}
   return cls(**kwargs)
+
+
+_RESUMABLE = "resumable"
+
+
+def resumable(default: Any) -> Any:
+  """A field that may change when a run resumes: it changes what is logged or kept, or how fast data are
+  read, never the batches, the parameters or the optimizer (see `resumable_keys`)."""
+  return dataclasses.field(default=default, metadata={_RESUMABLE: True})
+
+
+def _check_range(key: str, value: float, low: float, high: float | None, unit: str = "",
+                 *, low_open: bool = False, high_open: bool = False) -> None:
+  """Raises ConfigError unless low <= value <= high (open ends as asked; NaN fails); `unit` says what it counts."""
+  above = value > low if low_open else value >= low
+  below = high is None or (value < high if high_open else value <= high)
+  if not (above and below):
+    if high is None:
+      expected = f"{'>' if low_open else '>='} {low}"
+    else:
+      expected = "in " + ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
+    raise ConfigError(f"config.{key}={value!r}: expected {expected}" + (f" ({unit})" if unit else ""))
+
+
+def _check_choice(key: str, value: Any, choices: Sequence[Any], context: str = "") -> None:
+  if value not in choices:
+    raise ConfigError(f"config.{key}={value!r}: expected one of {', '.join(map(repr, choices))}{context}")
 
 
 def find_config_file(name: str) -> pathlib.Path:
@@ -330,6 +322,14 @@ class SimConfig:
   render_chunk: int = 8            # images per device per compiled call; requests are padded to whole chunks.
                                    # Images are bit-identical by (seed, index) for a given render_chunk
 
+  def check(self) -> None:
+    # The simulator owns its ranges (they follow its numerics); imported here, when checked, because it needs JAX.
+    from lensjax.sim import simulator  # pylint: disable=g-import-not-at-top
+    try:
+      simulator.check_config(self)
+    except ValueError as error:
+      raise ConfigError(str(error)) from None
+
 
 @dataclasses.dataclass
 class DataConfig:
@@ -400,19 +400,52 @@ class DataConfig:
 
   # Loading.
   worker_count: int = 0            # Grain worker processes (0: read in the training process)
-  worker_buffer_size: int = 2      # batches each worker process keeps ready
-  read_threads: int = 2            # threads reading and preprocessing batches (per process)
-  prefetch_batches: int = 4        # batches read ahead by those threads
+  worker_buffer_size: int = resumable(2)   # batches each worker process keeps ready
+  read_threads: int = resumable(2)         # threads reading and preprocessing batches (per process)
+  prefetch_batches: int = resumable(4)     # batches read ahead by those threads
+
+  def check(self) -> None:
+    if self.source != "sim" and not self.path:
+      raise ConfigError(f"config.data.source={self.source!r} reads files: set config.data.path to the dataset "
+                        "(e.g. --config.data.path=/data/lenses)")
+    if not self.targets or len(set(self.targets)) != len(self.targets):
+      raise ConfigError(f"config.data.targets={self.targets!r}: expected distinct target names, at least one")
+    _check_range("data.sim_seed", self.sim_seed, 0, (2**32 - 3) // 3)
+    _check_range("data.sim_train_size", self.sim_train_size, 0, None, "images, or 0 for an unbounded stream")
+    _check_range("data.sim_val_size", self.sim_val_size, 1, None, "images")
+    _check_range("data.sim_test_size", self.sim_test_size, 1, None, "images")
+    fractions = self.split_fractions
+    if len(fractions) != 3 or not all(f >= 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+      raise ConfigError(f"config.data.split_fractions={fractions!r}: expected three non-negative shares "
+                        "(train, val, test) that sum to 1")
+    if len(self.ct_hu_range) != 2 or not self.ct_hu_range[0] < self.ct_hu_range[1]:
+      raise ConfigError(f"config.data.ct_hu_range={self.ct_hu_range!r}: expected (low, high) with low < high")
+    _check_range("data.normalize_percentile", self.normalize_percentile, 0, 100, "a percentile", low_open=True)
+    _check_range("data.arc_boost", self.arc_boost, 1, None, "a factor (1 disables the boost)")
+    for name in ("resize_to", "pad_to", "crop_size"):
+      _check_range(f"data.{name}", getattr(self, name), 0, None, "pixels, or 0 for off")
+    for name in ("worker_count", "worker_buffer_size", "read_threads", "prefetch_batches"):
+      _check_range(f"data.{name}", getattr(self, name), 0, None, "a count")
 
 
 @dataclasses.dataclass
 class ModelConfig:
-  """Which network, and its size (`lensjax.models.build`)."""
-  name: Literal["isnet", "msrfnet"] = "isnet"
+  """Which network, and its size (`lensjax.models.build`); what each network accepts is in `lensjax.registry`."""
+  name: str = "isnet"              # a network of `lensjax.registry`: isnet, msrfnet
   width: float = 1.0               # channel multiplier; 1.0 is the reference network, 0.125-0.25 for CPU runs
   depth: int = 6                   # IS-Net only: resolution levels 1..6 (6 is the reference); leave 6 for MSRF-Net
-  wiring: Literal["original", "paper"] = "original"   # MSRF-Net only: sub-network wiring
-  dtype: Literal["float32", "bfloat16"] = "float32"   # compute dtype; parameters stay float32
+  wiring: str = "original"         # MSRF-Net only: sub-network wiring, 'original' or 'paper'
+  dtype: str = "float32"           # compute dtype, float32 or bfloat16; parameters stay float32
+
+  def check(self) -> None:
+    _check_choice("model.name", self.name, registry.TRAINABLE_MODEL_NAMES)
+    network = registry.network(self.name)
+    if not (math.isfinite(self.width) and self.width > 0):
+      raise ConfigError(f"config.model.width={self.width!r}: expected a positive channel multiplier "
+                        "(1.0 is the reference network)")
+    _check_choice("model.depth", self.depth, network.depths, f" for model.name={self.name!r}")
+    _check_choice("model.wiring", self.wiring, network.wirings, f" for model.name={self.name!r}")
+    _check_choice("model.dtype", self.dtype, network.dtypes, f" for model.name={self.name!r}")
 
 
 @dataclasses.dataclass
@@ -430,6 +463,15 @@ class OptimConfig:
   momentum: float = 0.0            # rmsprop, sgd
   grad_clip_norm: float = 0.0      # global-norm clipping; 0 disables it
 
+  def check(self) -> None:
+    _check_range("optim.learning_rate", self.learning_rate, 0, None, "a positive step size", low_open=True)
+    _check_range("optim.warmup_steps", self.warmup_steps, 0, None, "steps")
+    for name in ("b1", "b2", "decay", "momentum"):
+      _check_range(f"optim.{name}", getattr(self, name), 0, 1, "a decay rate", high_open=True)
+    _check_range("optim.eps", self.eps, 0, None, "a small positive number", low_open=True)
+    _check_range("optim.weight_decay", self.weight_decay, 0, None, "a decay factor")
+    _check_range("optim.grad_clip_norm", self.grad_clip_norm, 0, None, "a norm (0 disables clipping)")
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -437,19 +479,32 @@ class TrainConfig:
   batch_size: int = 8              # global batch, over all devices and processes
   num_steps: int = 1000
   seed: int = 0
-  log_every: int = 50
-  eval_every: int = 250
-  eval_batch_size: int = 32        # global batch for evaluation
+  log_every: int = resumable(50)
+  eval_every: int = resumable(250)
+  eval_batch_size: int = resumable(32)   # global batch for evaluation
   fsdp: bool = False               # shard parameters and optimizer state over the `data` axis
   target_weights: tuple[float, ...] = ()   # per-target loss weights (empty: equal)
-  msrf_output_weights: tuple[float, ...] = (2.0, 1.0, 1.0, 1.0)   # MSRF-Net: x, edge_out, pred2, pred4
+  msrf_output_weights: tuple[float, ...] = registry.network("msrfnet").output_weights   # x, edge_out, pred2,
+                                                                                       # pred4
   feature_sync: bool = False       # IS-Net: DIS intermediate supervision with a ground-truth encoder
   gt_encoder_steps: int = 500      # stage 1: steps training the ground-truth encoder on the masks
   feature_sync_weight: float = 1.0 # weight of the feature-synchronisation MSE in stage 2
-  figure_images: int = 4           # validation images in the image / truth / prediction figure refreshed at
-                                   # each evaluation (`predictions.png`); 0: only the curves (`curves.png`)
-  tensorboard: bool = False        # also write TensorBoard event files to <workdir>/tensorboard (needs the
-                                   # optional tensorboardX: pip install 'lensjax[tensorboard]')
+  figure_images: int = resumable(4)   # validation images in the image / truth / prediction figure refreshed
+                                      # at each evaluation (`predictions.png`); 0: only the curves (`curves.png`)
+  tensorboard: bool = resumable(False)   # also write TensorBoard event files to <workdir>/tensorboard (needs the
+                                         # optional tensorboardX: pip install 'lensjax[tensorboard]')
+
+  def check(self) -> None:
+    for name in ("batch_size", "eval_batch_size"):
+      _check_range(f"train.{name}", getattr(self, name), 1, None, "images (the global batch)")
+    for name in ("num_steps", "log_every", "eval_every", "gt_encoder_steps"):
+      _check_range(f"train.{name}", getattr(self, name), 1, None, "steps")
+    _check_range("train.figure_images", self.figure_images, 0, None, "images")
+    _check_range("train.feature_sync_weight", self.feature_sync_weight, 0, None, "a loss weight")
+    for name in ("target_weights", "msrf_output_weights"):
+      weights = getattr(self, name)
+      if weights and (min(weights) < 0 or not sum(weights) > 0 or not all(map(math.isfinite, weights))):
+        raise ConfigError(f"config.train.{name}={weights!r}: expected non-negative weights with a positive sum")
 
 
 @dataclasses.dataclass
@@ -461,17 +516,24 @@ class CheckpointConfig:
   those saved at an evaluation step (a step that is a multiple of `train.eval_every`, or the last step):
   choose `every_steps` as a multiple or divisor of `train.eval_every` for the best to be tracked.
   """
-  every_steps: int = 250           # steps between checkpoints; 0: only at the end and when asked to stop
-  keep: int = 2                    # most recent checkpoints kept (at least 1), plus the best
+  every_steps: int = resumable(250)   # steps between checkpoints; 0: only at the end and when asked to stop
+  keep: int = resumable(2)            # most recent checkpoints kept (at least 1), plus the best
   best_metric: str = "iou/mean"    # validation metric that ranks checkpoints, as named in metrics.jsonl
                                    # (e.g. 'iou/arcs', 'dice/mean', 'loss')
   best_mode: Literal["max", "min"] = "max"   # whether a larger or a smaller best_metric is better
+
+  def check(self) -> None:
+    _check_range("checkpoint.every_steps", self.every_steps, 0, None,
+                 "steps (0: save only at the end and when asked to stop)")
+    _check_range("checkpoint.keep", self.keep, 1, None, "checkpoints (the newest is what a rerun resumes from)")
+    if not self.best_metric:
+      raise ConfigError("config.checkpoint.best_metric is empty: name a validation metric, e.g. iou/mean or loss")
 
 
 @dataclasses.dataclass
 class Config:
   """One experiment."""
-  name: str = "default"
+  name: str = resumable("default")
   sim: SimConfig = dataclasses.field(default_factory=SimConfig)
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -479,14 +541,57 @@ class Config:
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
 
+  def check(self) -> None:
+    """Raises ConfigError naming the first field out of its range, or the first broken rule between fields."""
+    for section in (self.sim, self.data, self.model, self.optim, self.train, self.checkpoint):
+      section.check()
+    targets = self.data.targets
+    if self.train.target_weights and len(self.train.target_weights) != len(targets):
+      raise ConfigError(f"config.train.target_weights={self.train.target_weights!r}: expected one weight per "
+                        f"target ({', '.join(targets)}), or none for equal weights")
+    expected = registry.network(self.model.name).output_weights
+    if expected and len(self.train.msrf_output_weights) != len(expected):
+      raise ConfigError(f"config.train.msrf_output_weights={self.train.msrf_output_weights!r}: "
+                        f"{self.model.name} has {len(expected)} outputs; give one weight each")
+    if self.train.feature_sync and registry.network(self.model.name).gt_encoder is None:
+      raise ConfigError(f"config.train.feature_sync=true applies to IS-Net only, not "
+                        f"model.name={self.model.name!r}")
+    _, _, target = self.checkpoint.best_metric.partition("/")
+    if target and target not in (*targets, "mean"):
+      raise ConfigError(f"config.checkpoint.best_metric={self.checkpoint.best_metric!r}: no target '{target}'; "
+                        f"the targets are {', '.join(targets)} (or 'mean')")
+    if self.train.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+      raise ConfigError("config.train.tensorboard=true needs the optional tensorboardX package: pip install "
+                        "'lensjax[tensorboard]' (or tensorboardX), or set train.tensorboard=false")
 
-def load(name: str = "default", args: list[str] | None = None) -> tuple[Config, list[str]]:
-  """Loads config file `name`, applies `--config.*` overrides from `args`; returns (config, other args)."""
+  def check_devices(self, num_devices: int) -> None:
+    """Raises ConfigError when a global batch does not split evenly over `num_devices` devices."""
+    for name in ("batch_size", "eval_batch_size"):
+      size = getattr(self.train, name)
+      if size % num_devices:
+        raise ConfigError(f"config.train.{name}={size}: must be a multiple of the number of devices "
+                          f"({num_devices})")
+
+
+def load(name: str = "default", overrides: Sequence[str] = ()) -> Config:
+  """Loads config file `name` and applies the `--config.KEY=VALUE` `overrides`: the one way commands, benchmarks
+  and tests get a config. The result has passed every check (`validate`)."""
   config = load_module_config(name)
   if not isinstance(config, Config):
     raise ConfigError(f"get_config() of '{name}' returned {type(config).__name__}, not lensjax.config.Config")
-  rest = parse_overrides(config, list(args or []))
-  return config, rest
+  return parse_overrides(config, overrides)
+
+
+def resumable_keys(cls: type | None = None, prefix: str = "") -> frozenset[str]:
+  """The dotted keys of the fields declared with `resumable` (those a resumed run may change)."""
+  keys = set()
+  for field in dataclasses.fields(cls or Config):
+    tp = _field_types(cls or Config)[field.name]
+    if dataclasses.is_dataclass(tp):
+      keys |= resumable_keys(tp, f"{prefix}{field.name}.")
+    elif field.metadata.get(_RESUMABLE):
+      keys.add(prefix + field.name)
+  return frozenset(keys)
 
 
 def config_from_json(text: str) -> Config:

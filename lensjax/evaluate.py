@@ -24,7 +24,6 @@ model.json + state/); then `--config` names the config whose data and targets to
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -34,9 +33,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
-
-from lensjax import checkpoint, data, parallel, train, train_step
+from lensjax import checkpoint, cli, data, evaluation, parallel, run_directory, train_step
 from lensjax import config as cfg
 from lensjax.models import import_torch
 
@@ -60,15 +57,6 @@ class LoadedRun:
   step: int | None             # None for imported weights
   description: str             # which checkpoint, and why (e.g. 'step 1500, best iou/mean 0.83')
   path: pathlib.Path
-
-
-def _apply_overrides(config: cfg.Config, overrides: Sequence[str]) -> None:
-  for override in overrides:
-    key = override[len("--config."):] if override.startswith("--config.") else override
-    if key.split(".")[0] not in OVERRIDABLE_SECTIONS:
-      raise ValueError(f"{override}: only --config.sim.* and --config.data.* can be changed here (what the "
-                       "network is evaluated on); the model and training settings are the run's")
-  cfg.parse_overrides(config, list(overrides))
 
 
 def select_step(checkpoints: checkpoint.Checkpoints, which: str) -> tuple[int, str]:
@@ -119,8 +107,8 @@ def load_run(run_dir: str | pathlib.Path, which: str = "best", *, config_name: s
     raise ValueError(f"--config {config_name}: a run directory carries its own config; use --config.data.* "
                      "overrides to change the data")
   # The run's own `checkpoint` section says what 'best' means: from config.json, else the newest checkpoint.
-  if (run_dir / train.CONFIG_FILE).is_file():
-    config = cfg.config_from_json((run_dir / train.CONFIG_FILE).read_text())
+  if (run_dir / run_directory.CONFIG_FILE).is_file():
+    config = cfg.config_from_json((run_dir / run_directory.CONFIG_FILE).read_text())
   else:
     with checkpoint.Checkpoints(run_dir / checkpoint.CHECKPOINTS_DIR, cfg.CheckpointConfig(),
                                 read_only=True) as probe:
@@ -131,11 +119,12 @@ def load_run(run_dir: str | pathlib.Path, which: str = "best", *, config_name: s
   with checkpoint.Checkpoints(run_dir / checkpoint.CHECKPOINTS_DIR, config.checkpoint, read_only=True) as store:
     step, description = select_step(store, which)
     config = cfg.from_dict(cfg.Config, store.saved_config(step))
-    _apply_overrides(config, overrides)
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: train.build_model_and_optimizer(config, seed=0)))
-    sharding = parallel.state_shardings(abstract, mesh, fsdp=False)
-    restored = store.restore(step, checkpoint.abstract_state(abstract, sharding))
-  return LoadedRun(config, graphdef, restored.state, sharding, step, f"{description} ({restored.path})", run_dir)
+    cfg.parse_overrides(config, overrides, sections=OVERRIDABLE_SECTIONS)
+    replicated = dataclasses.replace(config, train=dataclasses.replace(config.train, fsdp=False))
+    target = train_step.create_train_state(replicated, mesh, seed=0, abstract=True)
+    restored = store.restore(step, target.state)
+  return LoadedRun(config, target.graphdef, restored.state, target.shardings, step,
+                   f"{description} ({restored.path})", run_dir)
 
 
 def _load_imported(weights_dir: pathlib.Path, config_name: str | None, overrides: Sequence[str],
@@ -143,8 +132,7 @@ def _load_imported(weights_dir: pathlib.Path, config_name: str | None, overrides
   if config_name is None:
     raise ValueError(f"{weights_dir} holds imported weights without a training config: pass --config NAME "
                      "(e.g. --config isnet_sim:arcs) for the data and targets to use")
-  config = cfg.load_module_config(config_name)
-  _apply_overrides(config, overrides)
+  config = cfg.parse_overrides(cfg.load_module_config(config_name), overrides, sections=OVERRIDABLE_SECTIONS)
   model = import_torch.load_isnet_checkpoint(weights_dir)
   if len(config.data.targets) != model.out_channels:
     raise ValueError(f"{weights_dir}: the network has {model.out_channels} outputs but config {config_name} "
@@ -168,7 +156,7 @@ def binned_iou(per_image: dict[str, np.ndarray], targets: Sequence[str], key: st
   """Per-image IoU averaged in quantile bins of simulation parameter `key`, over the lenses.
 
   Args:
-    per_image: `iou` (N, K) and the simulation parameters (N,), e.g. from `train.evaluate_split`.
+    per_image: `iou` (N, K) and the simulation parameters (N,), e.g. from `evaluation.evaluate_split`.
     key: the parameter, e.g. 'theta_E'.
     num_bins: bins with (about) equal numbers of lenses; ties can merge bins.
   Returns:
@@ -222,7 +210,7 @@ def evaluate_run(run: LoadedRun, split: str, *, batch_size: int | None = None, n
   loader = data.make_loader(config, split, batch_size=batch_size // jax.process_count(), shuffle=False,
                             num_epochs=1, seed=0, with_edge=data.needs_edge(config))
   step = train_step.compile_eval_step(run.graphdef, train_step.make_loss_fn(config), mesh, run.state_sharding)
-  result = train.evaluate_split(step, run.state, loader, mesh, config.data.targets)
+  result = evaluation.evaluate_split(step, run.state, loader, mesh, config.data.targets)
   bins = {}
   for key, _ in BINNED_PARAMETERS:
     binned = binned_iou(result.per_image, config.data.targets, key, num_bins)
@@ -278,9 +266,10 @@ def output_paths(run_dir: pathlib.Path, report: dict[str, Any], out: str | None)
   return base.with_name(base.name + ".md"), base.with_name(base.name + ".json")
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m lensjax.evaluate", description=__doc__.split("\n\n")[0],
-                                   epilog="Data overrides: --config.sim.FIELD=VALUE, --config.data.FIELD=VALUE.")
+@cli.command
+def main(argv: list[str]) -> int:
+  parser = cli.ArgumentParser(prog="python -m lensjax.evaluate", description=__doc__.split("\n\n")[0],
+                              epilog="Data overrides: --config.sim.FIELD=VALUE, --config.data.FIELD=VALUE.")
   parser.add_argument("run_dir", help="a run directory written by python -m lensjax.train")
   parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="default: test")
   parser.add_argument("--checkpoint", default="best", help="best (default), last, or a step number")
@@ -288,13 +277,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--batch-size", type=int, default=None, help="default: the run's train.eval_batch_size")
   parser.add_argument("--bins", type=int, default=4, help="quantile bins of the binned IoU tables (default 4)")
   parser.add_argument("--config", default=None, help="for imported weights only: the config of the data")
-  args, overrides = cfg.parse_command_line(parser, sys.argv[1:] if argv is None else argv)
+  args, overrides = cli.parse(parser, argv)
   parallel.initialize(parallel.options_from_env())
-  try:
-    run = load_run(args.run_dir, args.checkpoint, config_name=args.config, overrides=overrides)
-    report = evaluate_run(run, args.split, batch_size=args.batch_size, num_bins=args.bins)
-  except (ValueError, checkpoint.CheckpointError) as error:
-    parser.exit(2, f"error: {error}\n")
+  run = load_run(args.run_dir, args.checkpoint, config_name=args.config, overrides=overrides)
+  report = evaluate_run(run, args.split, batch_size=args.batch_size, num_bins=args.bins)
   text = markdown(report)
   if parallel.is_main_process():
     markdown_path, json_path = output_paths(pathlib.Path(args.run_dir), report, args.out)

@@ -4,13 +4,17 @@ Shapes: logits and masks are (B, H, W, K), one channel per target (lens, arcs, o
 Per-target losses are means over (B, H, W); a multi-label loss is the `target_weights`-weighted mean over the K
 targets, so with K = 1 every loss equals the original single-target one.
 
-IS-Net (reference/isnet.md §2): the sum of BCE over the six side outputs, all weights 1; d1's BCE is logged apart
+IS-Net (docs/networks.md): the sum of BCE over the six side outputs, all weights 1; d1's BCE is logged apart
 because it is the term that says whether the model learns. With intermediate supervision, the MSE between the
 network's decoder features and those of a frozen ground-truth encoder is added (DIS "feature synchronisation").
 
-MSRF-Net (reference/msrfnet.md §3): 2·(BCE + Dice)(x) + BCE(edge_out, Canny of the mask) + (BCE + Dice)(pred4) +
+MSRF-Net (docs/networks.md): 2·(BCE + Dice)(x) + BCE(edge_out, Canny of the mask) + (BCE + Dice)(pred4) +
 (BCE + Dice)(pred2), with the real masks as targets (the original trained its lens models on the input by mistake).
-Its Dice is soft and global over the batch, with smoothing 1.
+Its Dice is soft and global over the batch, with smoothing 1. The weights 2, 1, 1, 1 of its outputs are the
+registry's default (`lensjax.registry`, config `train.msrf_output_weights`).
+
+`isnet_batch_loss` and `msrfnet_batch_loss` are the networks' losses on a batch as the training step calls them,
+`(outputs, batch, target_weights, output_weights) -> (loss, terms)`; the registry names which one a network uses.
 """
 
 from __future__ import annotations
@@ -20,9 +24,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import optax
-
-MSRF_OUTPUT_WEIGHTS = (2.0, 1.0, 1.0, 1.0)   # x, edge_out, pred2, pred4
-
 
 def _weighted_mean(per_target: jax.Array, target_weights: Sequence[float] | None) -> jax.Array:
   """Mean over the last axis (targets), weighted by `target_weights` (equal weights if None)."""
@@ -86,12 +87,13 @@ def feature_sync_loss(features: Sequence[jax.Array], target_features: Sequence[j
 
 
 def msrfnet_loss(outputs: Sequence[jax.Array], mask: jax.Array, mask_edge: jax.Array,
-                 target_weights: Sequence[float] | None = None,
-                 output_weights: Sequence[float] = MSRF_OUTPUT_WEIGHTS) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 target_weights: Sequence[float] | None, output_weights: Sequence[float]
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """MSRF-Net's loss; returns (loss, terms).
 
   `outputs` = [x, edge_out, pred2, pred4] logits, each (B, H, W, K); `mask` (B, H, W, K) the masks and
-  `mask_edge` (B, H, W, K) the Canny edge maps of the masks (the edge-stream target).
+  `mask_edge` (B, H, W, K) the Canny edge maps of the masks (the edge-stream target); `output_weights` the
+  weights of the four terms (the registry's default is 2, 1, 1, 1).
   """
   x, edge_out, pred2, pred4 = outputs
   terms = {
@@ -102,3 +104,17 @@ def msrfnet_loss(outputs: Sequence[jax.Array], mask: jax.Array, mask_edge: jax.A
   }
   total = sum(w * t for w, t in zip(output_weights, terms.values()))
   return total, terms
+
+
+def isnet_batch_loss(outputs, batch: dict[str, jax.Array], target_weights: Sequence[float] | None,
+                     output_weights: Sequence[float] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`isnet_loss` of IS-Net's (or its ground-truth encoder's) `(side_logits, features)` on `batch['mask']`."""
+  del output_weights   # every side output weighs 1
+  side_logits, _ = outputs
+  return isnet_loss(side_logits, batch["mask"], target_weights)
+
+
+def msrfnet_batch_loss(outputs, batch: dict[str, jax.Array], target_weights: Sequence[float] | None,
+                       output_weights: Sequence[float]) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`msrfnet_loss` of MSRF-Net's outputs on `batch['mask']` and `batch['mask_edge']`."""
+  return msrfnet_loss(outputs, batch["mask"], batch["mask_edge"], target_weights, output_weights)

@@ -31,7 +31,6 @@ Written to --out, per image NAME (the file's stem; `_<i>` numbers the images of 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -45,8 +44,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from lensjax import checkpoint, data, evaluate, parallel, plots, train_step
-from lensjax import config as cfg
+from lensjax import cli, data, evaluate, parallel, plots, train_step
 from lensjax.data import fits, images, npy, sources, transforms, validation
 from lensjax.data.errors import DataError
 
@@ -257,8 +255,9 @@ def _write_outputs(out: pathlib.Path, image: InputImage, pixels: np.ndarray, pro
           "area_pixels": {t: int(masks[..., k].sum()) for k, t in enumerate(targets)}}
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
+@cli.command
+def main(argv: list[str]) -> int:
+  parser = cli.ArgumentParser(
       prog="python -m lensjax.predict", description=__doc__.split("\n\n")[0],
       epilog="Preprocessing overrides: --config.data.FIELD=VALUE (e.g. --config.data.normalize=minmax).")
   parser.add_argument("run_dir", help="a run directory written by python -m lensjax.train (or imported weights)")
@@ -270,21 +269,18 @@ def main(argv: list[str] | None = None) -> int:
                            "number of images, rounded up to a multiple of the number of devices)")
   parser.add_argument("--threshold", type=float, default=0.5, help="probability above which a pixel is in a mask")
   parser.add_argument("--config", default=None, help="for imported weights only: the config of the data")
-  args, overrides = cfg.parse_command_line(parser, sys.argv[1:] if argv is None else argv)
+  args, overrides = cli.parse(parser, argv)
   if not 0.0 < args.threshold < 1.0:
     parser.error(f"--threshold {args.threshold}: expected a probability strictly between 0 and 1")
   if args.batch_size is not None and args.batch_size < 1:
     parser.error(f"--batch-size {args.batch_size}: expected a positive number of images")
-  try:
-    inputs = find_inputs(args.inputs)
-    run = evaluate.load_run(args.run_dir, args.checkpoint, config_name=args.config, overrides=overrides)
-    devices = jax.device_count()
-    batch_size = min(args.batch_size or run.config.train.eval_batch_size, len(inputs))
-    batch_size = devices * math.ceil(batch_size / devices)
-    print(f"{len(inputs)} images; {run.description} of {run.path}")
-    predict(run, inputs, pathlib.Path(args.out), batch_size=batch_size, threshold=args.threshold)
-  except (ValueError, checkpoint.CheckpointError) as error:
-    parser.exit(2, f"error: {error}\n")
+  inputs = find_inputs(args.inputs)
+  run = evaluate.load_run(args.run_dir, args.checkpoint, config_name=args.config, overrides=overrides)
+  devices = jax.device_count()
+  batch_size = min(args.batch_size or run.config.train.eval_batch_size, len(inputs))
+  batch_size = devices * math.ceil(batch_size / devices)
+  print(f"{len(inputs)} images; {run.description} of {run.path}")
+  predict(run, inputs, pathlib.Path(args.out), batch_size=batch_size, threshold=args.threshold)
   print(f"wrote the masks, probabilities and overlays of {len(inputs)} images to {args.out}")
   return 0
 

@@ -7,18 +7,20 @@ from collections.abc import Sequence
 from rich import progress as rich_progress
 from rich.console import Console
 
-MAIN_OUTPUT_LOSSES = ("loss/d1", "loss/x")   # the term that says whether the model learns (IS-Net, MSRF-Net)
-
-
 def _fmt(values: dict[str, float], keys: Sequence[str]) -> str:
   return "  ".join(f"{k} {values[k]:.4g}" for k in keys if k in values)
 
 
 class TrainingProgress:
-  """Steps done, loss, main-output loss, images/s and ETA; validation results printed above the bar."""
+  """Steps done, loss, main-output loss, images/s and ETA; validation results printed above the bar.
 
-  def __init__(self, total_steps: int, enabled: bool = True, start_step: int = 0, label: str = "train"):
+  `main_loss`: the logged term that says whether the model learns (the network's `lensjax.registry` entry).
+  """
+
+  def __init__(self, total_steps: int, enabled: bool = True, start_step: int = 0, label: str = "train",
+               main_loss: str | None = None):
     self.enabled = enabled
+    self.main_loss = main_loss
     self.console = Console(stderr=True, soft_wrap=True)   # log lines stay whole in files and CI logs
     self.live = enabled and self.console.is_terminal
     self.total_steps = total_steps
@@ -40,8 +42,7 @@ class TrainingProgress:
     """Advances to `step` and shows the training `values` (loss, main-output loss, images/s)."""
     if not self.enabled:
       return
-    main_loss = next((k for k in MAIN_OUTPUT_LOSSES if k in values), None)
-    status = _fmt(values, ["loss"] + ([main_loss] if main_loss else []) + ["images_per_sec"])
+    status = _fmt(values, ["loss"] + ([self.main_loss] if self.main_loss else []) + ["images_per_sec"])
     if self.live:
       self._progress.update(self._task, completed=step, status=status.replace("images_per_sec", "img/s"))
     else:

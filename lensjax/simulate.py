@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from lensjax import cli
 from lensjax import config as cfg
 
 OUTPUT_FILES = ("images.npy", "masks.npy", "params.csv", "sim_config.json")
@@ -36,7 +37,7 @@ _NAMED_OPTIONS = dict(image_size="--size", pixel_scale="--pixel-scale", noise="-
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m lensjax.simulate", description=__doc__.split("\n\n")[0],
       epilog="Any SimConfig field can also be set as --config.sim.FIELD=VALUE.")
   parser.add_argument("--n", type=int, required=True, help="number of images (> 0)")
@@ -52,17 +53,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def sim_config_from_args(args: argparse.Namespace, overrides: list[str]) -> cfg.SimConfig:
-  """SimConfig defaults, then the named options, then --config.sim.* overrides (any other section is refused)."""
-  for override in overrides:
-    if not override.startswith("--config."):
-      raise cfg.ConfigError(f"unrecognized argument {override!r}")
-    if not override.startswith("--config.sim."):
-      raise cfg.ConfigError(f"{override}: only --config.sim.FIELD=VALUE overrides apply to the simulator")
+  """SimConfig defaults, then the named options, then --config.sim.* overrides (any other section is refused);
+  a value out of range is a ConfigError naming the field and its option."""
   config = cfg.Config()
   named = dict(image_size=args.size, pixel_scale=args.pixel_scale, noise=args.noise,
                lens_fraction=args.lens_fraction)
   config.sim = dataclasses.replace(config.sim, **{k: v for k, v in named.items() if v is not None})
-  cfg.parse_overrides(config, overrides)
+  try:
+    cfg.parse_overrides(config, overrides, sections=("sim",))
+  except cfg.ConfigError as error:
+    message = str(error)
+    for field, option in _NAMED_OPTIONS.items():
+      message = message.replace(f"config.sim.{field} ", f"config.sim.{field} (option {option}) ")
+    raise cfg.ConfigError(message) from None
   return config.sim
 
 
@@ -122,25 +125,17 @@ def write_dataset(sim_config: cfg.SimConfig, seed: int, n: int, out: pathlib.Pat
   return dict(images=n, seconds=elapsed, images_per_second=n / elapsed)
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = _parser()
-  args, overrides = parser.parse_known_args(argv)
-  try:
-    if args.n <= 0:
-      raise ValueError(f"--n must be a positive number of images; got {args.n}")
-    if args.chunk <= 0:
-      raise ValueError(f"--chunk must be a positive number of images; got {args.chunk}")
-    sim_config = sim_config_from_args(args, overrides)
-    from lensjax.sim import check_config
-    check_config(sim_config)
-    if not 0 <= args.seed < 2**32:
-      raise ValueError(f"--seed must lie in [0, 2^32); got {args.seed}")
-    _check_output(args.out, args.force)
-  except ValueError as error:   # ConfigError is a ValueError too
-    message = str(error)
-    for field, option in _NAMED_OPTIONS.items():
-      message = message.replace(f"config.sim.{field} ", f"config.sim.{field} (option {option}) ")
-    parser.error(message)
+@cli.command
+def main(argv: list[str]) -> int:
+  args, overrides = cli.parse(_parser(), argv)
+  if args.n <= 0:
+    raise cfg.ConfigError(f"--n must be a positive number of images; got {args.n}")
+  if args.chunk <= 0:
+    raise cfg.ConfigError(f"--chunk must be a positive number of images; got {args.chunk}")
+  if not 0 <= args.seed < 2**32:
+    raise cfg.ConfigError(f"--seed must lie in [0, 2^32); got {args.seed}")
+  sim_config = sim_config_from_args(args, overrides)
+  _check_output(args.out, args.force)
   figures = write_dataset(sim_config, args.seed, args.n, args.out, args.chunk)
   print(f"wrote {args.n} images to {args.out} in {figures['seconds']:.1f} s "
         f"({figures['images_per_second']:.0f} images/s)")

@@ -1,9 +1,11 @@
-"""The jitted training and evaluation steps: pure functions of (state, batch) compiled with explicit shardings.
+"""The train state and the jitted training and evaluation steps: pure functions compiled with explicit shardings.
 
-The model and optimizer live as one NNX state pytree (`nnx.split((model, optimizer))`); a step merges it inside
-the jitted function, runs the network, the loss of its family (`lensjax.losses`) and the optax update, and returns
-the new state with donated input buffers. Networks follow the convention of `lensjax.models`: `input_keys` names
-the batch entries they take, `prediction(outputs)` picks the final logits.
+The model and optimizer live as one NNX state pytree (`nnx.split((model, optimizer))`), created on the devices
+by `create_train_state` (a jitted initialisation with `out_shardings`, so an FSDP state is never whole on one
+host). A step merges it inside the jitted function, runs the network, the loss its registry entry names
+(`lensjax.registry`, `lensjax.losses`) and the optax update, and returns the new state with donated input
+buffers. Networks follow the convention of `lensjax.models`: `input_keys` names the batch entries they take,
+`prediction(outputs)` picks the final logits. `lensjax.step_loop` runs the training step over batches.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import optax
 from flax import nnx
 
 from lensjax import config as cfg
-from lensjax import losses, metrics, parallel
+from lensjax import checkpoint, data, losses, metrics, models, parallel, registry
 from lensjax.data import sources
 
 LossFn = Callable[[Any, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
@@ -40,7 +42,7 @@ def make_optimizer(optim: cfg.OptimConfig, num_steps: int) -> optax.GradientTran
     tx = optax.adam(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
   elif optim.name == "adamw":
     tx = optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
-  elif optim.name == "rmsprop":   # Keras RMSprop: eps inside the sqrt, zero initial scale (reference/msrfnet.md §3)
+  elif optim.name == "rmsprop":   # Keras RMSprop: eps inside the sqrt, zero initial scale (docs/networks.md)
     tx = optax.rmsprop(lr, decay=optim.decay, eps=optim.eps, momentum=optim.momentum or None)
   else:
     tx = optax.sgd(lr, momentum=optim.momentum or None)
@@ -50,24 +52,60 @@ def make_optimizer(optim: cfg.OptimConfig, num_steps: int) -> optax.GradientTran
 
 
 def make_loss_fn(config: cfg.Config, name: str | None = None) -> LossFn:
-  """(outputs, batch) -> (loss, terms) for network `name` (default: the config's model).
+  """(outputs, batch) -> (loss, terms) for network `name` (default: the config's model), as its registry entry
+  says: IS-Net and its ground-truth encoder, deep supervision over the side outputs; MSRF-Net, its four-output
+  loss against the masks and their Canny edges (`batch['mask_edge']`), weighted by `train.msrf_output_weights`."""
+  network = registry.network(name or config.model.name)
+  target_weights = config.train.target_weights or None
+  output_weights = config.train.msrf_output_weights if network.output_weights else None
+  loss = network.loss
 
-  IS-Net and its ground-truth encoder: deep supervision over the side outputs; MSRF-Net: its four-output loss
-  against the masks and the masks' Canny edges (`batch['mask_edge']`).
-  """
+  def loss_fn(outputs, batch):
+    return loss(outputs, batch, target_weights, output_weights)
+
+  return loss_fn
+
+
+def build_model_and_optimizer(config: cfg.Config, seed: int, *, name: str | None = None,
+                              num_steps: int | None = None) -> tuple[nnx.Module, nnx.Optimizer]:
+  """The network `name` (default: the config's model) sized as `config.model` says, and its optimizer over
+  `num_steps` (default `train.num_steps`; parameters only, `wrt=nnx.Param`). A network that takes the masks (the
+  ground-truth encoder) gets one input channel per target."""
   name = name or config.model.name
-  weights = config.train.target_weights or None
-  if name in ("isnet", "isnet_gt_encoder"):
-    def isnet(outputs, batch):
-      side_logits, _ = outputs
-      return losses.isnet_loss(side_logits, batch["mask"], weights)
-    return isnet
-  if name == "msrfnet":
-    def msrfnet(outputs, batch):
-      return losses.msrfnet_loss(outputs, batch["mask"], batch["mask_edge"], weights,
-                                 config.train.msrf_output_weights)
-    return msrfnet
-  raise ValueError(f"no loss for model '{name}'")
+  targets = len(config.data.targets)
+  in_channels = targets if registry.network(name).input_keys[0] == "mask" else data.input_channels(config)
+  model = models.build(name, in_channels=in_channels, out_channels=targets, width=config.model.width,
+                       depth=config.model.depth, wiring=config.model.wiring, dtype=config.model.dtype, seed=seed)
+  tx = make_optimizer(config.optim, num_steps or config.train.num_steps)
+  return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+@dataclasses.dataclass
+class TrainState:
+  """The (model, optimizer) state of a training run on the mesh, with what it takes to merge and place it."""
+  graphdef: Any                    # nnx.GraphDef of (model, optimizer)
+  state: Any                       # its nnx.State: arrays, or shape structs with their shardings (abstract)
+  shardings: Any                   # the NamedSharding of every leaf (FSDP or replicated, `train.fsdp`)
+
+
+def create_train_state(config: cfg.Config, mesh: jax.sharding.Mesh, seed: int, *, name: str | None = None,
+                       num_steps: int | None = None, abstract: bool = False) -> TrainState:
+  """The initialised (model, optimizer) state of `build_model_and_optimizer`, created on the mesh.
+
+  The initialisation runs under `jax.jit` with `out_shardings`, so every device creates only its shards: an
+  FSDP state is never built whole on one host. `abstract`: compute nothing and return the restore target
+  (`jax.ShapeDtypeStruct`s carrying their shardings) for `lensjax.checkpoint`.
+  """
+  def build():
+    return build_model_and_optimizer(config, seed, name=name, num_steps=num_steps)
+
+  graphdef, shapes = nnx.split(nnx.eval_shape(build))
+  shardings = parallel.state_shardings(shapes, mesh, config.train.fsdp)
+  if abstract:
+    state = checkpoint.abstract_state(shapes, shardings)
+  else:
+    state = jax.jit(lambda: nnx.split(build())[1], out_shardings=shardings)()
+  return TrainState(graphdef, state, shardings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,12 +199,6 @@ def compile_eval_step(graphdef, loss_fn: LossFn, mesh, state_sharding, panel_ima
   return jax.jit(eval_step_fn(graphdef, loss_fn, panel_images),
                  in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
                  out_shardings=parallel.replicated(mesh))
-
-
-def place_state(state, mesh, fsdp: bool):
-  """Puts a host/device state pytree onto the mesh; returns (state, its shardings)."""
-  shardings = parallel.state_shardings(state, mesh, fsdp)
-  return jax.device_put(state, shardings), shardings
 
 
 def host_scalars(step_metrics: dict[str, jax.Array]) -> dict[str, float]:

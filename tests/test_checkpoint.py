@@ -14,7 +14,7 @@ import pytest
 
 from lensjax import checkpoint, parallel
 from lensjax import config as cfg
-from tests import tiny_run
+from tests.helpers import tiny_run
 
 
 def _state(value: float) -> dict[str, jax.Array]:

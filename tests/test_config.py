@@ -8,9 +8,8 @@ from lensjax import config as cfg
 
 
 def test_default_config_loads_and_round_trips_through_json():
-  config, rest = cfg.load("default", ["--config.train.batch_size=16", "--workdir=/tmp/x"])
+  config = cfg.load("default", ["--config.train.batch_size=16"])
   assert config.train.batch_size == 16
-  assert rest == ["--workdir=/tmp/x"]
   assert cfg.config_from_json(json.dumps(cfg.to_dict(config))) == config
 
 
@@ -19,6 +18,8 @@ def test_default_config_loads_and_round_trips_through_json():
     ("--config.trian.batch_size=3", "config has no field 'trian'"),
     ("--config.train.batch_size=a", "expected an integer"),
     ("--config.model.name=unet", "expected one of 'isnet', 'msrfnet'"),
+    ("--config.model.name=isnet_gt_encoder", "expected one of 'isnet', 'msrfnet'"),
+    ("--workdir=/tmp/x", "write overrides as --config.KEY=VALUE"),
     ("--config.train=3", "is a section"),
     ("--config.train.fsdp=maybe", "expected true or false"),
     ("--config.train.batch_size", "--config.KEY=VALUE"),
@@ -29,7 +30,7 @@ def test_bad_overrides_name_the_key_and_the_valid_choices(arg, message):
 
 
 def test_tuple_and_float_overrides_are_parsed_by_field_type():
-  config, _ = cfg.load("default", ["--config.data.targets=arcs", "--config.optim.learning_rate=3e-4"])
+  config = cfg.load("default", ["--config.data.targets=arcs", "--config.optim.learning_rate=3e-4"])
   assert config.data.targets == ("arcs",)
   assert config.optim.learning_rate == pytest.approx(3e-4)
 
@@ -56,7 +57,7 @@ def test_saved_config_with_unknown_key_is_refused():
      ("liver", "right_kidney", "left_kidney", "spleen")),
 ])
 def test_experiment_configs_load_with_their_argument(name, run_name, model, targets):
-  config, _ = cfg.load(name)
+  config = cfg.load(name)
   assert (config.name, config.model.name, config.data.targets) == (run_name, model, targets)
 
 
@@ -64,3 +65,42 @@ def test_experiment_configs_load_with_their_argument(name, run_name, model, targ
 def test_a_bad_config_argument_lists_the_accepted_ones(name):
   with pytest.raises(cfg.ConfigError, match="expected one of"):
     cfg.load(name)
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--config.optim.learning_rate=-1", r"config.optim.learning_rate=-1.0: expected > 0"),
+    ("--config.optim.learning_rate=nan", r"config.optim.learning_rate=nan: expected > 0"),
+    ("--config.train.batch_size=0", r"config.train.batch_size=0: expected >= 1"),
+    ("--config.train.num_steps=0", r"config.train.num_steps=0: expected >= 1"),
+    ("--config.optim.b2=1", r"config.optim.b2=1.0: expected in \[0, 1\)"),
+    ("--config.model.width=0", r"config.model.width=0.0: expected a positive channel multiplier"),
+    ("--config.model.depth=7", r"config.model.depth=7: expected one of .* for model.name='isnet'"),
+    ("--config.model.dtype=float16", r"config.model.dtype='float16': expected one of 'float32', 'bfloat16'"),
+    ("--config.checkpoint.keep=0", r"config.checkpoint.keep=0: expected >= 1"),
+    ("--config.checkpoint.best_metric=iou/liver", r"no target 'liver'"),
+    ("--config.data.split_fractions=0.5,0.5,0.5", r"sum to 1"),
+    ("--config.data.source=npy", r"set config.data.path"),
+    ("--config.train.target_weights=1,2,3", r"one weight per target \(lens, arcs\)"),
+    ("--config.sim.image_size=0", r"config.sim.image_size must lie in \[1, 4096\]"),
+])
+def test_values_out_of_range_are_refused_when_the_config_is_loaded(arg, message):
+  with pytest.raises(cfg.ConfigError, match=message):
+    cfg.load("default", [arg])
+
+
+def test_cross_field_rules_name_both_fields():
+  with pytest.raises(cfg.ConfigError, match="feature_sync=true applies to IS-Net only"):
+    cfg.load("msrfnet_sim", ["--config.train.feature_sync=true"])
+  with pytest.raises(cfg.ConfigError, match="depth=4: expected one of 6 for model.name='msrfnet'"):
+    cfg.load("default", ["--config.model.name=msrfnet"])
+  config = cfg.load("default")
+  with pytest.raises(cfg.ConfigError, match="train.batch_size=8: must be a multiple of the number of devices \\(3\\)"):
+    config.check_devices(3)
+  config.check_devices(4)
+
+
+def test_resumable_changes_are_declared_on_the_fields():
+  assert cfg.resumable_keys() == {
+      "name", "train.log_every", "train.eval_every", "train.eval_batch_size", "train.figure_images",
+      "train.tensorboard", "checkpoint.every_steps", "checkpoint.keep", "data.read_threads",
+      "data.prefetch_batches", "data.worker_buffer_size"}

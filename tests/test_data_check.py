@@ -5,10 +5,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from lensjax.data import check
-from tests import test_data_fixtures as fx
+from lensjax.data import DataError, check
+from tests.helpers import datasets as fx
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -76,10 +77,10 @@ def test_finds_every_nan_image_not_just_the_first(tmp_path):
 
 def test_bad_arguments_and_unknown_layouts_are_explained(tmp_path):
   assert _run([])[0] == 2
-  status, output = _run([tmp_path])
-  assert status == 1 and "cannot tell the dataset format" in output and "--config.data.source" in output
-  status, output = _run([tmp_path / "missing"])
-  assert status == 1 and "no such file or folder" in output
+  with pytest.raises(DataError, match="cannot tell the dataset format.*--config.data.source"):
+    _run([tmp_path])
+  with pytest.raises(DataError, match="no such file or folder"):
+    _run([tmp_path / "missing"])
 
 
 def test_runs_as_a_module_from_the_command_line(tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lensjax import data as lensdata
-from tests import test_data_fixtures as fx
+from tests.helpers import datasets as fx
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -43,9 +43,11 @@ def test_batches_hold_images_masks_edges_and_valid_flags(tmp_path):
                                                   seed=0), 1)[0]
 
 
-@pytest.mark.parametrize("process_count, batch_size", [(1, 4), (2, 3), (3, 4)])
+# 10 examples: 1 process reads 3 batches of 4 (2 padding rows); 2 processes 2 batches of 3 each (12 rows);
+# 3 processes 1 batch of 4 each (12 rows).
+@pytest.mark.parametrize("process_count, batch_size, batches", [(1, 4, 3), (2, 3, 2), (3, 4, 1)])
 def test_finite_loaders_read_every_example_once_in_equal_numbers_of_full_batches(tmp_path, process_count,
-                                                                                 batch_size):
+                                                                                 batch_size, batches):
   config = _npy_config(tmp_path, count=50, split_fractions=(0.6, 0.2, 0.2))    # val: 10 examples
   seen, batch_counts = [], []
   for p in range(process_count):
@@ -58,7 +60,8 @@ def test_finite_loaders_read_every_example_once_in_equal_numbers_of_full_batches
       # Padding rows are real images (so shapes and statistics stay sane) flagged invalid.
       assert np.isfinite(batch["image"]).all()
   assert sorted(seen) == list(range(10))
-  assert batch_counts == [lensdata.batches_per_epoch(10, batch_size, process_count)] * process_count
+  assert batch_counts == [batches] * process_count
+  assert lensdata.batches_per_epoch(10, batch_size, process_count) == batches
 
 
 def test_unbounded_loaders_give_processes_disjoint_blocks_that_cover_the_split(tmp_path):
@@ -153,7 +156,7 @@ _TWO_PROCESS_READER = textwrap.dedent("""
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
                                process_id=process_id, initialization_timeout=60)
     from lensjax import data as lensdata
-    from tests import test_data_fixtures as fx
+    from tests.helpers import datasets as fx
     config = fx.config_for("npy", data_path, pad_to=0, split_fractions=(0.5, 0.25, 0.25))
     evaluation = [(b["index"].tolist(), b["valid"].tolist()) for b in lensdata.make_loader(
         config, "val", batch_size=2, shuffle=False, num_epochs=1, seed=0)]

@@ -8,7 +8,7 @@ from PIL import Image
 
 from lensjax import data as lensdata
 from lensjax.data import DataError, images, sources
-from tests import test_data_fixtures as fx
+from tests.helpers import datasets as fx
 
 # Preprocessing that leaves stored values alone, so reads can be compared with what was written.
 AS_STORED = dict(normalize="none", pad_to=0, input_scaling="unit")

@@ -8,7 +8,7 @@ import pytest
 
 from lensjax import checkpoint, evaluate
 from lensjax import config as cfg
-from tests import tiny_run
+from tests.helpers import tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +70,11 @@ def test_unknown_checkpoint_step_lists_the_saved_ones(run_dir):
     assert evaluate.select_step(store, "last")[0] == tiny_run.NUM_STEPS
 
 
-def test_only_the_data_can_be_overridden():
-  config = cfg.Config()
-  evaluate._apply_overrides(config, ["--config.sim.noise=gaussian", "--config.data.sim_test_size=8"])
-  assert config.sim.noise == "gaussian" and config.data.sim_test_size == 8
-  with pytest.raises(ValueError, match="only --config.sim.\\* and --config.data.\\*"):
-    evaluate._apply_overrides(config, ["--config.model.width=0.5"])
+def test_only_the_data_can_be_overridden(run_dir):
+  run = evaluate.load_run(run_dir, overrides=["--config.sim.noise=gaussian", "--config.data.sim_test_size=8"])
+  assert run.config.sim.noise == "gaussian" and run.config.data.sim_test_size == 8
+  with pytest.raises(cfg.ConfigError, match="only --config.sim.\\*, --config.data.\\* can be changed here"):
+    evaluate.load_run(run_dir, overrides=["--config.model.width=0.5"])
 
 
 def test_a_directory_without_checkpoints_is_named(tmp_path):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lensjax import losses
+from lensjax import losses, registry
 
 # Two pixels: logit 0 with target 1, logit ln 3 with target 0.
 LOGITS = jnp.array([0.0, math.log(3.0)]).reshape(1, 1, 2, 1)
@@ -50,9 +50,10 @@ def test_feature_sync_is_the_sum_of_level_mses():
     losses.feature_sync_loss(features, targets[:1])
 
 
-def test_msrfnet_loss_weights_2_1_1_1():
+def test_msrfnet_loss_weights_2_1_1_1_by_default():
   edge_target = jnp.zeros_like(TARGET)
-  total, terms = losses.msrfnet_loss([LOGITS, LOGITS, LOGITS, LOGITS], TARGET, edge_target)
+  total, terms = losses.msrfnet_loss([LOGITS, LOGITS, LOGITS, LOGITS], TARGET, edge_target, None,
+                                     registry.network("msrfnet").output_weights)
   edge_bce = (math.log(2.0) + math.log(4.0)) / 2      # logit 0 vs 0, logit ln 3 vs 0
   assert float(terms["loss/edge"]) == pytest.approx(edge_bce, rel=1e-6)
   assert float(terms["loss/x"]) == pytest.approx(BCE + 1 - DICE, rel=1e-6)

@@ -6,7 +6,7 @@ import textwrap
 
 import portpicker
 
-from tests import tiny_run
+from tests.helpers import tiny_run
 
 LATE_S = 5.0
 PROCESS = textwrap.dedent("""

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lensjax import plots, train
-from tests import tiny_run
+from lensjax import plots, run_directory
+from tests.helpers import tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +76,14 @@ def _events(directory):
 
 
 def test_tensorboard_gets_the_same_scalars_and_a_resumed_run_purges_the_later_ones(tmp_path):
-  log = train.MetricsLog(tmp_path / "metrics.jsonl", tmp_path / "tensorboard")
+  log = run_directory.MetricsLog(tmp_path / "metrics.jsonl", tmp_path / "tensorboard")
   log.write(1, "train", {"loss": 0.5, "iou/arcs": 0.25})
   log.write(2, "val", {"loss": 0.75})
   log.close()
   scalars = [(e.step, v.tag, v.simple_value) for e in _events(tmp_path / "tensorboard") for v in e.summary.value]
   assert scalars == [(1, "train/loss", 0.5), (1, "train/iou/arcs", 0.25), (2, "val/loss", 0.75)]
   assert len(plots.read_metrics(tmp_path / "metrics.jsonl")) == 2
-  resumed = train.MetricsLog(tmp_path / "metrics2.jsonl", tmp_path / "resumed", start_step=7)
+  resumed = run_directory.MetricsLog(tmp_path / "metrics2.jsonl", tmp_path / "resumed", start_step=7)
   resumed.close()
   starts = [e for e in _events(tmp_path / "resumed") if e.HasField("session_log")]
   assert [(e.step, e.session_log.status) for e in starts] == [(8, 1)]    # SessionLog.START at step 8

@@ -9,8 +9,8 @@ from PIL import Image
 from lensjax import models, predict
 from lensjax.data.errors import DataError
 from lensjax.models import import_torch
-from tests import test_data_fixtures as fx
-from tests import tiny_run
+from tests.helpers import datasets as fx
+from tests.helpers import tiny_run
 
 
 @pytest.fixture(scope="module")

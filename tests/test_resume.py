@@ -11,11 +11,10 @@ import time
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
-from lensjax import checkpoint, parallel, train
+from lensjax import checkpoint, parallel, run_directory, train, train_step
 from lensjax import config as cfg
-from tests import tiny_run
+from tests.helpers import tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +47,14 @@ def _final_state(workdir):
   """The (model, optimizer) state of the run's newest checkpoint, as a flat list of numpy arrays."""
   config = cfg.config_from_json((workdir / "config.json").read_text())
   mesh = parallel.make_mesh()
-  _, abstract = nnx.split(nnx.eval_shape(lambda: train.build_model_and_optimizer(config, 0)))
-  target = checkpoint.abstract_state(abstract, parallel.state_shardings(abstract, mesh, fsdp=False))
+  target = train_step.create_train_state(config, mesh, 0, abstract=True).state
   with checkpoint.Checkpoints(workdir / "checkpoints", config.checkpoint, read_only=True) as store:
     restored = store.restore(store.latest_step, target)
   return restored.step, [np.asarray(leaf) for leaf in jax.tree.leaves(restored.state)]
 
 
 def _tiny_config(*overrides):
-  config, rest = cfg.load("default", [*tiny_run.TINY, *overrides])
-  assert not rest
-  return config
+  return cfg.load("default", [*tiny_run.TINY, *overrides])
 
 
 @pytest.mark.slow
@@ -118,8 +114,7 @@ def test_a_truncated_checkpoint_of_a_real_run_falls_back_to_the_previous_one(ref
   largest = max(state_files, key=lambda p: p.stat().st_size)
   largest.write_bytes(largest.read_bytes()[:largest.stat().st_size // 3])
   config = _tiny_config()
-  _, abstract = nnx.split(nnx.eval_shape(lambda: train.build_model_and_optimizer(config, 0)))
-  target = checkpoint.abstract_state(abstract, parallel.state_shardings(abstract, parallel.make_mesh(), False))
+  target = train_step.create_train_state(config, parallel.make_mesh(), 0, abstract=True).state
   with checkpoint.Checkpoints(workdir / "checkpoints", config.checkpoint) as store:
     restored = store.restore_latest(target)
   assert restored.step == previous
@@ -131,7 +126,7 @@ def test_a_run_directory_with_a_different_config_is_refused_naming_the_keys(refe
   workdir = tmp_path / "run"
   shutil.copytree(reference, workdir)
   config = _tiny_config("--config.optim.learning_rate=0.01", "--config.model.width=0.125")
-  with pytest.raises(train.RunMismatchError) as error:
+  with pytest.raises(run_directory.RunMismatchError) as error:
     train.train_and_evaluate(config, workdir)
   assert "optim.learning_rate: 0.001 there, 0.01 now" in str(error.value)
   assert "model.width: 0.0625 there, 0.125 now" in str(error.value) and "--restart" in str(error.value)
@@ -140,8 +135,8 @@ def test_a_run_directory_with_a_different_config_is_refused_naming_the_keys(refe
 
 def test_settings_that_do_not_change_the_training_may_change_on_resume(reference):
   previous = json.loads((reference / "config.json").read_text())
-  changes = train.check_same_run(previous, _tiny_config("--config.train.log_every=5", "--config.checkpoint.keep=4"),
-                                 reference)
+  changes = run_directory.check_same_run(
+      previous, _tiny_config("--config.train.log_every=5", "--config.checkpoint.keep=4"), reference)
   assert changes == ["checkpoint.keep: 2 -> 4", "train.log_every: 1 -> 5"]
 
 
@@ -150,10 +145,10 @@ def test_restart_says_so_and_deletes_only_the_earlier_runs_outputs(reference, tm
   shutil.copytree(reference, workdir)
   (workdir / "notes.txt").write_text("mine\n")
   config = _tiny_config("--config.optim.learning_rate=0.01")
-  train.prepare_run_directory(workdir, config, restart=True)
+  run_directory.prepare(workdir, config, restart=True)
   assert "--restart: deleting the earlier run" in capsys.readouterr().out
   left = {p.name for p in workdir.iterdir()}
-  assert "notes.txt" in left and not left & (set(train.RUN_OUTPUTS) - {"config.json"})
+  assert "notes.txt" in left and not left & (set(run_directory.RUN_OUTPUTS) - {"config.json"})
   assert json.loads((workdir / "config.json").read_text())["optim"]["learning_rate"] == 0.01
 
 
@@ -161,6 +156,6 @@ def test_metrics_lines_after_the_restored_step_are_dropped(tmp_path):
   path = tmp_path / "metrics.jsonl"
   lines = [json.dumps({"step": s, "split": "train", "loss": 1.0 / s}) for s in range(1, 7)]
   path.write_text("\n".join(lines) + '\n{"step": 7, "spl')      # the last line cut short by kill -9
-  log = train.MetricsLog(path)
+  log = run_directory.MetricsLog(path)
   assert log.keep_until(4) == 3
   assert path.read_text().splitlines() == lines[:4]

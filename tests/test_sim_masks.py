@@ -13,10 +13,17 @@ def _jnp_percentile_masks(channels: np.ndarray, percentile: float) -> np.ndarray
   return np.asarray(compute(jnp.asarray(channels))).astype(np.uint8)
 
 
+def _interpolated_order_statistics(n: int, percentile: float) -> tuple[int, int]:
+  """The order statistics (k, k + 1) numpy's default ('linear') percentile interpolates between, by its
+  definition: the virtual index percentile / 100 x (n - 1)."""
+  k = int(np.floor(percentile / 100 * (n - 1)))
+  return k, min(k + 1, n - 1)
+
+
 def _adjacent_order_statistics(size: int, percentile: float, ulps: int, base: float, rng) -> np.ndarray:
   """A (size, size) image whose order statistics k and k + 1 of numpy's interpolation are `ulps` apart."""
   n = size * size
-  k, k_next, _ = masks._percentile_interpolation(n, percentile)
+  k, k_next = _interpolated_order_statistics(n, percentile)
   values = np.sort(rng.random(n).astype(np.float32)) * np.float32(base * 0.9)
   upper = np.float32(base)
   for _ in range(ulps):
@@ -45,12 +52,12 @@ def test_jit_percentile_mask_equals_numpys(size, percentile):
 
 def test_adjacent_cases_exercise_both_rounding_outcomes():
   # Guards the test above: among the adjacent-float cases numpy's threshold lands on sorted[k] for some and
-  # above it for others, so both branches of `_rounds_to_lower` are checked.
+  # above it for others, so both rounding branches of the jitted mask are checked.
   rng = np.random.default_rng(1)
   outcomes = set()
   for size, percentile in ((64, 99.0), (125, 99.0), (64, 95.0), (128, 99.0)):
     image = _adjacent_order_statistics(size, percentile, 1, 1000.0, rng)
-    k, _, _ = masks._percentile_interpolation(image.size, percentile)
+    k, _ = _interpolated_order_statistics(image.size, percentile)
     outcomes.add(bool(np.percentile(image, percentile) == np.sort(image.ravel())[k]))
   assert outcomes == {True, False}
 

@@ -74,8 +74,8 @@ def test_refuses_to_overwrite_without_force(dataset, capsys):
     (["--n", "2", "--lens-fraction", "1.2"], r"lens_fraction \(option --lens-fraction\) must lie in \[0, 1\]"),
     (["--n", "2", "--seed", "-1"], r"--seed must lie in \[0, 2\^32\)"),
     (["--n", "2", "--config.sim.psf=airy"], "expected one of 'none', 'gaussian', 'moffat'"),
-    (["--n", "2", "--config.train.batch_size=3"], "only --config.sim.FIELD=VALUE overrides"),
-    (["--n", "2", "--nosie", "gaussian"], "unrecognized argument '--nosie'"),
+    (["--n", "2", "--config.train.batch_size=3"], r"only --config.sim.\* can be changed here"),
+    (["--n", "2", "--nosie", "gaussian"], "unrecognized arguments: --nosie"),
 ])
 def test_bad_options_give_a_clear_error(tmp_path, capsys, argv, message):
   with pytest.raises(SystemExit) as exit_info:

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from benchmarks import report
-from tests import tiny_run
+from tests.helpers import tiny_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 UP, DOWN = ROOT / ".ci" / "slurm-local-up.sh", ROOT / ".ci" / "slurm-local-down.sh"

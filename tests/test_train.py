@@ -6,20 +6,18 @@ import numpy as np
 import pytest
 
 from lensjax import config as cfg
-from lensjax import train
+from lensjax import step_loop, train
 
 
 def tiny_config(**overrides) -> cfg.Config:
   """A tiny IS-Net on 61 -> 64 px simulated lenses: compiles and trains in seconds."""
-  config = cfg.load_module_config("default")
   args = {
       "model.width": "0.125", "model.depth": "2", "sim.image_size": "61", "data.pad_to": "64",
       "data.sim_val_size": "32", "train.batch_size": "8", "train.eval_batch_size": "16",
       "train.num_steps": "6", "train.log_every": "3", "train.eval_every": "6",
   }
   args.update(overrides)
-  cfg.parse_overrides(config, [f"--config.{k}={v}" for k, v in args.items()])
-  return config
+  return cfg.load("default", [f"--config.{k}={v}" for k, v in args.items()])
 
 
 def read_metrics(workdir):
@@ -44,7 +42,7 @@ def test_a_short_run_improves_validation_iou(tmp_path):
 
 def test_a_nan_loss_stops_the_run_naming_the_step(tmp_path):
   config = tiny_config(**{"optim.name": "sgd", "optim.learning_rate": "1e30", "train.num_steps": "20"})
-  with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
+  with pytest.raises(step_loop.NonFiniteLossError, match=r"at step \d+"):
     train.train_and_evaluate(config, tmp_path)
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import portpicker
 import pytest
 
-SCRIPT = pathlib.Path(__file__).with_name("parallel_steps.py")
-ROOT = SCRIPT.parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "helpers" / "parallel_steps.py"
 
 
 def _env(devices: int) -> dict[str, str]:

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from lensjax import cli
 from lensjax import config as cfg
 from lensjax.data import fits, npy, sources
 from lensjax.data.errors import DataError
@@ -140,18 +141,14 @@ def main(argv: list[str], print_fn: Callable[[str], None] = print) -> int:
       config_name = option.split("=", 1)[1]
     elif option.startswith("--config."):
       overrides.append(option)
-    else:
-      print_fn(f"unknown option {option}\n\n{USAGE}")
-      return 2
-  try:
-    config, _ = cfg.load(config_name, overrides)
-    config.data.path = paths[0]
-    if not any(o.startswith("--config.data.source=") for o in overrides):
-      config.data.source = infer_source(paths[0])
-    report = check_dataset(config)
-  except (DataError, ValueError) as e:
-    print_fn(f"error: {e}")
-    return 1
+    elif option != "--debug":     # --debug: `lensjax.cli`
+      raise cli.UsageError(f"unknown option {option}; usage: python -m lensjax.data check PATH [--config NAME] "
+                           "[--config.KEY=VALUE ...]")
+  config = cfg.load(config_name, overrides)
+  config.data.path = paths[0]
+  if not any(o.startswith("--config.data.source=") for o in overrides):
+    config.data.source = infer_source(paths[0])
+  report = check_dataset(config)
   print_fn(format_report(report))
   return 1 if report.problems else 0
 

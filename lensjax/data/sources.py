@@ -24,6 +24,7 @@ import grain
 import numpy as np
 
 from lensjax import config as cfg
+from lensjax import registry
 from lensjax.data import transforms
 
 SPLITS = ("train", "val", "test")
@@ -250,8 +251,8 @@ def resolved_normalize(data: cfg.DataConfig) -> str:
 
 
 def needs_edge(config: cfg.Config) -> bool:
-  """Whether the model takes the Canny edge map as a second input (MSRF-Net)."""
-  return config.model.name == "msrfnet"
+  """Whether the model takes the Canny edge map as an input (MSRF-Net; its `lensjax.registry` entry says)."""
+  return "edge" in registry.network(config.model.name).input_keys
 
 
 def make_preprocessor(config: cfg.Config, *, with_edge: bool) -> transforms.Preprocessor:

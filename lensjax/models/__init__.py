@@ -18,7 +18,8 @@ The model convention the training step relies on (every network follows it):
   the global batch under `jax.jit` with a batch sharded over devices (no `axis_name`).
 - Parameters are float32; `dtype` is the compute dtype.
 
-Build a network by name with `build("isnet", in_channels=1, out_channels=2, width=0.25, depth=4)`, or from
+What the rest of lensjax knows about each network (its loss, logged terms, options, dtypes) is its entry in the
+model registry, `lensjax.registry`. Build a network by name with `build("isnet", in_channels=1, out_channels=2, width=0.25, depth=4)`, or from
 the `model` section of a config with `build_from_config(config.model, in_channels, out_channels, seed)`.
 `python -m lensjax.models NAME` prints parameter counts, FLOPs, activation memory and compile times.
 Upstream PyTorch IS-Net weights: `python -m lensjax.models.import_torch model.pth --out DIR` writes an Orbax
@@ -34,10 +35,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lensjax import registry
 from lensjax.models.isnet import ISNet, ISNetGTEncoder
 
-MODEL_NAMES = ("isnet", "isnet_gt_encoder", "msrfnet")
-MODEL_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MODEL_NAMES = registry.MODEL_NAMES
 
 
 def __getattr__(name: str) -> Any:
@@ -52,16 +53,16 @@ def _model_rngs(seed: int | None, rngs: nnx.Rngs | None) -> nnx.Rngs:
     raise ValueError("build: pass exactly one of seed= (an integer) or rngs= (an nnx.Rngs)")
   if rngs is not None:
     return rngs
-  # RngBitGenerator keys ("rbg") compile their sampling about 10x faster than threefry keys on CPU, and
-  # initialisation samples once per parameter shape: about 2-4 s instead of 20 s for a small IS-Net on 2
-  # cores. Initial values are reproducible per seed on a given backend (not bit-identical CPU vs GPU).
+  # RngBitGenerator keys ("rbg") compile their sampling much faster than threefry keys on CPU, and initialisation
+  # samples once per parameter shape (docs/cpu-speed.md has the figures and the command). Initial values are
+  # reproducible per seed on a given backend (not bit-identical CPU vs GPU).
   return nnx.Rngs(jax.random.key(seed, impl="rbg"))
 
 
 def build(name: str, *, in_channels: int, out_channels: int, width: float = 1.0, depth: int = 6,
           wiring: str = "original", dtype: str | jnp.dtype = "float32", seed: int | None = None,
           rngs: nnx.Rngs | None = None) -> nnx.Module:
-  """Builds network `name` ("isnet", "isnet_gt_encoder" or "msrfnet") with freshly initialised parameters.
+  """Builds network `name` (a `lensjax.registry` name) with freshly initialised parameters.
 
   Args:
     in_channels: image channels (1 for the lens data, 3 for RGB); for "isnet_gt_encoder", mask channels.
@@ -69,28 +70,24 @@ def build(name: str, *, in_channels: int, out_channels: int, width: float = 1.0,
     width: channel multiplier; 1.0 is the reference network, 0.125-0.25 gives CPU-sized variants.
     depth: IS-Net only: resolution levels, 1..6 (6 is the reference; see `lensjax.models.isnet`).
     wiring: MSRF-Net only: "original" (the released code, 7 live DSDF blocks) or "paper" (all 10).
-    dtype: compute dtype, "float32" or "bfloat16"; parameters are float32 either way.
+    dtype: compute dtype, one of the network's registry dtypes (float32, bfloat16); parameters are float32.
     seed, rngs: the initialisation randomness; exactly one of them.
   Returns:
     The network in train mode (BatchNorm uses batch statistics); call `.eval()` for inference.
   """
-  if name not in MODEL_NAMES:
-    raise ValueError(f"build: unknown model name {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-  if isinstance(dtype, str):
-    if dtype not in MODEL_DTYPES:
-      raise ValueError(f"build: dtype {dtype!r} is not supported; choose one of {', '.join(MODEL_DTYPES)}")
-    dtype = MODEL_DTYPES[dtype]
-  model_rngs = _model_rngs(seed, rngs)
-  if name == "msrfnet":
-    if depth != 6:
-      raise ValueError(f"build: depth={depth} applies to IS-Net only; MSRF-Net has no depth option (leave it 6)")
-    from lensjax.models.msrfnet import MSRFNet
-    return MSRFNet(in_channels, out_channels, width=width, wiring=wiring, dtype=dtype, rngs=model_rngs)
-  if wiring != "original":
-    raise ValueError(f"build: wiring={wiring!r} applies to MSRF-Net only; IS-Net has one wiring "
-                     f"(leave it 'original')")
-  network = ISNet if name == "isnet" else ISNetGTEncoder
-  return network(in_channels, out_channels, width=width, depth=depth, dtype=dtype, rngs=model_rngs)
+  network = registry.network(name)
+  dtype_name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+  for option, value, accepted in (("depth", depth, network.depths), ("wiring", wiring, network.wirings),
+                                  ("dtype", dtype_name, network.dtypes)):
+    if value not in accepted:
+      raise ValueError(f"build: {option}={value!r} is not an option of {name}; choose one of "
+                       f"{', '.join(map(repr, accepted))}")
+  options = dict(width=width, dtype=jnp.dtype(dtype_name), rngs=_model_rngs(seed, rngs))
+  if len(network.depths) > 1:
+    options["depth"] = depth
+  if len(network.wirings) > 1:
+    options["wiring"] = wiring
+  return network.cls(in_channels, out_channels, **options)
 
 
 def build_from_config(model_config, in_channels: int, out_channels: int, seed: int) -> nnx.Module:

@@ -8,7 +8,8 @@
 
 Nothing is allocated: the model is built with `nnx.eval_shape`, and both programs are lowered on abstract
 inputs and compiled for the current backend (`JAX_PLATFORMS=cpu` or a GPU). The figures come from XLA's
-analysis of the compiled programs, divided by the batch size:
+analysis of the compiled programs, divided by the batch size (the network's options, dtypes and default input
+channels come from its `lensjax.registry` entry):
 - forward: the network in eval mode (running BatchNorm statistics);
 - train step: the network in train mode, `nnx.value_and_grad` of a stand-in loss -- the sum, over every
   output map at the input resolution (IS-Net's side logits), of the mean sigmoid BCE-with-logits -- and an
@@ -16,8 +17,8 @@ analysis of the compiled programs, divided by the batch size:
   to this: IS-Net's is this sum of six BCEs (plus optional feature MSEs).
 FLOPs are `compiled.cost_analysis()["flops"]`: 2 per multiply-add, plus the elementwise work (BatchNorm,
 ReLU, resizing, the optimizer). XLA counts only the kernel taps that land on the input, not on zero padding,
-whereas the conv-only counts of `../shared/reference/isnet.md` §6 (4.99 GFLOP forward, 14.96 fwd+bwd per
-128 x 128 image for ISNet 3 -> 1, from torch's FlopCounterMode) count every tap. IS-Net's RSU-4F blocks run
+whereas the conv-only counts in `docs/networks.md` (torch's FlopCounterMode on the upstream network) count
+every tap. IS-Net's RSU-4F blocks run
 dilation-8 kernels on 4 x 4 and 2 x 2 maps at 128 px, so XLA's figure is the lower one there.
 Activation memory is `compiled.memory_analysis().temp_size_in_bytes`: the program's scratch buffers, i.e.
 everything XLA allocates besides parameters, optimizer state, inputs and outputs. For the train step that
@@ -26,7 +27,6 @@ includes the parameter gradients (batch-independent), so per image it reads high
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -35,15 +35,13 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from lensjax.models import MODEL_DTYPES, MODEL_NAMES, build, count_parameters
+from lensjax import cli, registry
+from lensjax import config as cfg
+from lensjax.models import build, count_parameters
 
 # Channels of each batch entry a network may take (see `input_keys` in `lensjax.models`). The Canny edge
 # map MSRF-Net takes is one binary channel; IS-Net's GT encoder takes the K mask channels as in_channels.
 EDGE_CHANNELS = 1
-
-
-# The original project's input channels: IS-Net took 3 repeated grey channels, MSRF-Net's lens models 1.
-DEFAULT_IN_CHANNELS = {"isnet": 3, "isnet_gt_encoder": 1, "msrfnet": 1}
 
 
 def _input_channels(key: str, in_channels: int) -> int:
@@ -69,7 +67,7 @@ def summarize(name: str, *, in_channels: int, out_channels: int, width: float = 
               params_only: bool = False) -> dict[str, float]:
   """The figures `python -m lensjax.models` prints, as a dict (FLOPs and bytes per image, times in seconds)."""
   if size < 2 or batch < 1:
-    raise ValueError(f"--size must be at least 2 and --batch at least 1, got size={size}, batch={batch}")
+    raise cfg.ConfigError(f"--size must be at least 2 and --batch at least 1, got size={size}, batch={batch}")
   options = dict(in_channels=in_channels, out_channels=out_channels, width=width, depth=depth, wiring=wiring,
                  dtype=dtype)
   model = nnx.eval_shape(lambda: build(name, **options, seed=0))
@@ -156,9 +154,10 @@ def format_summary(name: str, options: dict, summary: dict[str, float]) -> str:
   return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m lensjax.models", description=__doc__.split("\n\n")[0])
-  parser.add_argument("name", choices=MODEL_NAMES)
+@cli.command
+def main(argv: list[str]) -> int:
+  parser = cli.ArgumentParser(prog="python -m lensjax.models", description=__doc__.split("\n\n")[0])
+  parser.add_argument("name", choices=registry.MODEL_NAMES)
   parser.add_argument("--in-channels", type=int, default=None,
                       help="input channels (default: as the original project built it: 3 for isnet, 1 for "
                            "isnet_gt_encoder and msrfnet)")
@@ -166,20 +165,18 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0, the reference)")
   parser.add_argument("--depth", type=int, default=6, help="IS-Net resolution levels, 1..6 (default 6)")
   parser.add_argument("--wiring", default="original", choices=("original", "paper"), help="MSRF-Net only")
-  parser.add_argument("--dtype", default="float32", choices=tuple(MODEL_DTYPES), help="compute dtype")
+  parser.add_argument("--dtype", default="float32", choices=registry.COMPUTE_DTYPES, help="compute dtype")
   parser.add_argument("--size", type=int, default=128, help="input height and width in pixels (default 128)")
   parser.add_argument("--batch", type=int, default=8, help="batch size the programs are compiled for (default 8)")
   parser.add_argument("--params-only", action="store_true", help="print the parameter counts only")
   args = parser.parse_args(argv)
-  in_channels = args.in_channels or DEFAULT_IN_CHANNELS[args.name]
+  in_channels = args.in_channels or registry.network(args.name).default_in_channels
   options = dict(in_channels=in_channels, out_channels=args.out_channels, width=args.width,
                  depth=args.depth, wiring=args.wiring, dtype=args.dtype, size=args.size, batch=args.batch)
-  try:
-    summary = summarize(args.name, **options, params_only=args.params_only)
-  except ValueError as error:
-    parser.exit(2, f"error: {error}\n")
+  summary = summarize(args.name, **options, params_only=args.params_only)
   print(format_summary(args.name, options, summary))
+  return 0
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  sys.exit(main())

@@ -219,4 +219,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  from lensjax import cli  # pylint: disable=g-import-not-at-top
+  sys.exit(cli.command(main)(sys.argv[1:]))

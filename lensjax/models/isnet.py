@@ -1,6 +1,6 @@
 """IS-Net (`ISNetDIS`, Qin et al. 2022) and its ground-truth encoder (`ISNetGTEncoder`) in Flax NNX.
 
-Faithful to upstream `xuebinqin/DIS` `IS-Net/models/isnet.py` (see `../shared/reference/isnet.md` §1 and §9):
+Faithful to upstream `xuebinqin/DIS` `IS-Net/models/isnet.py` (see `docs/networks.md`):
 RSU-7/6/5/4 residual U-blocks with ceil-mode 2x2 pooling and a dilation-2 bottom, RSU-4F blocks with
 dilations 1/2/4/8, a stride-2 3x3 stem with explicit (1, 1) padding, half-pixel bilinear upsampling to exact
 sizes, concatenation in the order (upsampled deeper map, skip), the residual `hx1d + hxin` in every block, six
@@ -17,8 +17,8 @@ per channel: 1.03 on the 2x2 bottom maps at batch 8, negligible elsewhere). Give
 running statistics, eval-mode outputs agree with upstream to float32 rounding.
 
 Size options for small (CPU) variants:
-- `width` multiplies every channel count, `max(1, round(c * width))` with halves rounded up (width 0.125 turns
-  the 64-channel stem into 8 channels); the image and output channels are not scaled.
+- `width` multiplies every channel count (`lensjax.registry.scaled_channels`: halves rounded up, at least 1);
+  the image and output channels are not scaled.
 - `depth` D in 1..6 keeps the first D resolution levels: encoder stages 1..D, decoder stages (D-1)d..1d and D
   side outputs. The bottom stage D emits as many channels as hx{D}d has in the full network, so every decoder
   stage keeps its reference shape and the features `[hx1d, ..., hx{D-1}d, hx{D}]` have the channels of the first
@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lensjax.registry import COMPUTE_DTYPES, scaled_channels
 from lensjax.models.layers import (max_pool_ceil, torch_default_bias_init, torch_default_kernel_init,
                                    upsample_bilinear)
 
@@ -47,7 +48,6 @@ BATCH_NORM_MOMENTUM = 0.9
 BATCH_NORM_EPSILON = 1e-5
 
 MAX_DEPTH = 6
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class StageSpec(NamedTuple):
@@ -58,7 +58,7 @@ class StageSpec(NamedTuple):
   out_channels: int
 
 
-# Reference channel tables (reference/isnet.md §1.2, §1.3); index 0 is level 1 (the H/2 level).
+# Reference channel tables (docs/networks.md); index 0 is level 1 (the H/2 level).
 ISNET_STEM_CHANNELS = 64
 ISNET_ENCODER = (StageSpec(7, False, 32, 64), StageSpec(6, False, 32, 128), StageSpec(5, False, 64, 256),
                  StageSpec(4, False, 128, 512), StageSpec(4, True, 256, 512), StageSpec(4, True, 256, 512))
@@ -69,11 +69,6 @@ GT_ENCODER = (StageSpec(7, False, 16, 64), StageSpec(6, False, 16, 64), StageSpe
               StageSpec(4, False, 32, 256), StageSpec(4, True, 64, 512), StageSpec(4, True, 64, 512))
 # Channels of the feature-synchronisation maps [hx1d .. hx5d, hx6] (ISNet) = [hx1 .. hx6] (GT encoder).
 FEATURE_CHANNELS = tuple(spec.out_channels for spec in ISNET_DECODER) + (ISNET_ENCODER[-1].out_channels,)
-
-
-def scaled_channels(channels: int, width: float) -> int:
-  """`channels * width` rounded half up, at least 1: the channel count of a `width`-scaled layer."""
-  return max(1, math.floor(channels * width + 0.5))
 
 
 def _check_options(cls_name: str, in_channels: int, out_channels: int, width: float, depth: int,

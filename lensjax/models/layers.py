@@ -34,8 +34,8 @@ def max_pool_ceil(x: jax.Array) -> jax.Array:
 class PointwiseConv(nnx.Module):
   """A 1x1 convolution written as a matmul over channels.
 
-  XLA on CPU runs `nnx.Conv` with a 1x1 kernel 4-9x slower than the same matmul (reference/jax-stack.md
-  A.6). The kernel is stored as (in, out): a (1, 1, in, out) conv kernel reshaped.
+  XLA on CPU runs `nnx.Conv` with a 1x1 kernel several times slower than the same matmul (docs/cpu-speed.md
+  has the figures and the command). The kernel is stored as (in, out): a (1, 1, in, out) conv kernel reshaped.
   """
 
   def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,

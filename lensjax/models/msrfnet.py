@@ -1,7 +1,8 @@
 """MSRF-Net (Srivastava et al., IEEE JBHI 2022) as the original Keras `model.py::msrf()` executes it.
 
-The spec is `../shared/reference/msrfnet.md` §2. Keras builds a Model from its output graph only, so layers
-whose outputs are never used have no parameters there; this port builds the live graph and nothing else:
+`docs/networks.md` describes the network as the original code runs it. Keras builds a Model from its output
+graph only, so layers whose outputs are never used have no parameters there; this port builds the live graph and
+nothing else:
 
   encoder     four levels of two 3x3 convs + ReLU, BatchNorm, squeeze-excite (not on the deepest level),
               2x2 max pooling and dropout 0.2 between levels; features n11..n41 at H, H/2, H/4, H/8.
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lensjax.models.layers import PointwiseConv, max_pool_ceil, upsample_bilinear
+from lensjax.registry import scaled_channels
 
 # Channels of the four encoder levels at width 1; the decoder stage at each scale has the same width.
 ENCODER_CHANNELS = (32, 64, 128, 256)
@@ -59,11 +61,6 @@ INPUT_MULTIPLE = 8
 
 _he_normal = nnx.initializers.he_normal()           # Keras he_normal: truncated normal, fan_in, scale 2
 _glorot_uniform = nnx.initializers.glorot_uniform()  # the Keras default for Conv2D, Dense, Conv2DTranspose
-
-
-def scaled_channels(channels: int, width: float) -> int:
-  """`channels * width` rounded to the nearest integer, at least 1."""
-  return max(1, int(channels * width + 0.5))
 
 
 def _batch_norm(features: int, *, dtype, rngs: nnx.Rngs, epsilon: float = KERAS_BN_EPSILON) -> nnx.BatchNorm:
@@ -96,7 +93,7 @@ class KerasConvTranspose(nnx.Module):
   kernel as (k, k, out, in); this one is (k, k, in, out), so a Keras kernel imports by swapping its last
   two axes. Implemented as a correlation of the stride-dilated input with the flipped kernel, padded
   (k - 1 - p) before and the rest after; for the sizes MSRF-Net uses, 'same' pads (2, 1) for k3 s2,
-  (2, 2) for k4 s2 and (0, 1) for k1 s2, and 'valid' pads (1, 1) for k2 s2 (reference §2.8).
+  (2, 2) for k4 s2 and (0, 1) for k1 s2, and 'valid' pads (1, 1) for k2 s2 (docs/networks.md).
   """
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, stride: int, *,
@@ -156,7 +153,7 @@ class EncoderLevel(nnx.Module):
 
 
 class DSDFBlock(nnx.Module):
-  """Dual-scale dense fusion (`RDDB` in `model.py`, reference §2.3) of a high- and a low-resolution stream.
+  """Dual-scale dense fusion (`RDDB` in `model.py`, docs/networks.md) of a high- and a low-resolution stream.
 
   x: (B, H, W, Cx) and y: (B, H/2, W/2, Cy) -> (x + 0.4 * x5, y + 0.4 * y5), same shapes. Each stream grows
   densely by `growth` = Cx // 2 channels per step (LeakyReLU 0.25 after every conv), and at every step
@@ -243,7 +240,7 @@ class GatedShapeConv(nnx.Module):
 
 
 class ShapeStream(nnx.Module):
-  """The full-resolution boundary stream (reference §2.5): n23, n33, n43 -> `edge_out` logits.
+  """The full-resolution boundary stream (docs/networks.md): n23, n33, n43 -> `edge_out` logits.
 
   n23 (B, H/2, W/2, C2), n33 (B, H/4, W/4, C3), n43 (B, H/8, W/8, C4) -> (B, H, W, out_channels).
   """
@@ -275,7 +272,7 @@ class ShapeStream(nnx.Module):
 
 
 class EdgeFusion(nnx.Module):
-  """Fuses the boundary maps with the Canny map of the image into one edge prior (reference §2.5).
+  """Fuses the boundary maps with the Canny map of the image into one edge prior (docs/networks.md).
 
   edge logits (B, H, W, K) and canny (B, H, W, 1) in {0, 1} -> relu(BN(1x1(sigmoid(1x1([sigmoid(edge), canny])))))
   of shape (B, H, W, 1).
@@ -332,7 +329,7 @@ class DualAttention(nnx.Module):
 
 
 class AttentionDecoderStage(nnx.Module):
-  """One attention decoder stage (the H/4 and H/2 rows of reference §2.6).
+  """One attention decoder stage (the H/4 and H/2 rows in docs/networks.md).
 
   skip (B, H, W, C) from the sub-network and prev (B, H/2, W/2, Cp) from the stage below ->
   features (B, H, W, C) and head logits (B, H, W, out_channels).

@@ -1,9 +1,10 @@
-"""Runs three training steps of a tiny IS-Net on fixed batches and saves losses and parameters.
+"""Runs three training steps of a tiny network on fixed batches (the training core: `create_train_state` and the
+step loop) and saves losses and parameters.
 
 Used by tests/test_train_parallel.py as a real subprocess, so that the device count (JAX_NUM_CPU_DEVICES) and the
 process count (jax.distributed over localhost) can differ between runs of the same computation:
 
-  JAX_NUM_CPU_DEVICES=4 python tests/parallel_steps.py OUT.npz [--model isnet] [--coordinator-address HOST:PORT
+  JAX_NUM_CPU_DEVICES=4 python tests/helpers/parallel_steps.py OUT.npz [--model isnet] [--coordinator-address HOST:PORT
       --num-processes 2 --process-id 0]
 """
 
@@ -31,39 +32,39 @@ def main(argv):
   import jax
   from flax import nnx
   from jax.experimental import multihost_utils
-  from lensjax import config as cfg, train, train_step
+  from lensjax import config as cfg, step_loop, train_step
 
-  config = cfg.load_module_config("default")
-  config.model.name = args.model
-  config.model.width = 0.0625
-  config.model.depth = 2
-  config.train.batch_size = GLOBAL_BATCH
   # SGD, not Adam: the biases of convs feeding a BatchNorm have a zero gradient up to float noise, whose sign
   # differs between reduction orders, and Adam's first steps move every parameter by about ±lr whatever the
   # gradient's size. That is Adam's sensitivity, not the data parallelism under test. Likewise 64 px (the
   # deepest RSU maps are 2x2, not 1x1): BatchNorm over 8 values per channel amplifies float noise.
-  config.optim.name = "sgd"
-  config.optim.learning_rate = 0.01
+  config = cfg.load("default", [f"--config.model.name={args.model}", "--config.model.width=0.0625",
+                                "--config.model.depth=" + ("2" if args.model == "isnet" else "6"),
+                                f"--config.train.batch_size={GLOBAL_BATCH}", "--config.optim.name=sgd",
+                                "--config.optim.learning_rate=0.01"])
   mesh = parallel.make_mesh()
-  model, optimizer = train.build_model_and_optimizer(config, seed=0)
-  graphdef, state = nnx.split((model, optimizer))
-  state, shardings = train_step.place_state(state, mesh, fsdp=False)
-  step_fn = train_step.compile_train_step(graphdef, train_step.make_loss_fn(config), mesh, shardings)
+  train_state = train_step.create_train_state(config, mesh, seed=0)
+  graphdef = train_state.graphdef
+  step_fn = train_step.compile_train_step(graphdef, train_step.make_loss_fn(config), mesh, train_state.shardings)
 
-  rng = np.random.default_rng(0)
-  per_process = GLOBAL_BATCH // jax.process_count()
-  lo = jax.process_index() * per_process
+  def batches():
+    rng = np.random.default_rng(0)
+    per_process = GLOBAL_BATCH // jax.process_count()
+    lo = jax.process_index() * per_process
+    while True:
+      image = rng.normal(size=(GLOBAL_BATCH, SIZE, SIZE, 1)).astype(np.float32)
+      mask = (rng.random((GLOBAL_BATCH, SIZE, SIZE, 2)) < 0.2).astype(np.float32)
+      batch = {"image": image, "mask": mask}
+      if args.model == "msrfnet":
+        batch["edge"] = (rng.random((GLOBAL_BATCH, SIZE, SIZE, 1)) < 0.1).astype(np.float32)
+        batch["mask_edge"] = (rng.random(mask.shape) < 0.1).astype(np.float32)
+      yield parallel.global_batch({k: v[lo:lo + per_process] for k, v in batch.items()}, mesh)
+
   losses = []
-  for step in range(STEPS):
-    image = rng.normal(size=(GLOBAL_BATCH, SIZE, SIZE, 1)).astype(np.float32)
-    mask = (rng.random((GLOBAL_BATCH, SIZE, SIZE, 2)) < 0.2).astype(np.float32)
-    batch = {"image": image, "mask": mask}
-    if args.model == "msrfnet":
-      batch["edge"] = (rng.random((GLOBAL_BATCH, SIZE, SIZE, 1)) < 0.1).astype(np.float32)
-      batch["mask_edge"] = (rng.random(mask.shape) < 0.1).astype(np.float32)
-    local = {k: v[lo:lo + per_process] for k, v in batch.items()}
-    state, metrics = step_fn(state, None, parallel.global_batch(local, mesh), jax.random.key(step))
-    losses.append(float(metrics["loss"]))
+  result = step_loop.run_steps(step_fn, train_state.state, batches(), jax.random.key(0), steps=range(1, STEPS + 1),
+                               batch_size=GLOBAL_BATCH, targets=config.data.targets, log_every=1,
+                               log=lambda step, values: losses.append(values["loss"]))
+  state = result.state
   params = nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)
   leaves = [np.asarray(multihost_utils.process_allgather(x, tiled=True))
             for x in jax.tree.leaves(params)]

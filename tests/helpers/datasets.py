@@ -1,4 +1,4 @@
-"""Writers of small datasets in every format `lensjax.data` reads, for the data tests (no tests here)."""
+"""Writers of small datasets in every format `lensjax.data` reads, for the data tests."""
 
 from __future__ import annotations
 

@@ -16,9 +16,9 @@ import sys
 
 import pytest
 
-from tests import test_data_fixtures as fx
+from tests.helpers import datasets as fx
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 NUM_STEPS = 40
 EVERY_STEPS = 5
 # IS-Net at width 1/16 and depth 2 on 61 px lenses padded to 64: a fast compile, about 50 ms a step.
