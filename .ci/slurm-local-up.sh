@@ -10,7 +10,7 @@
 #   MODE=basic bash .ci/slurm-local-up.sh        # one node named after `hostname -s`, the real CPUs and memory
 #
 # Idempotent: packages already installed are kept; a cluster already up is restarted from empty state.
-# Recipe and its tests: ../shared/reference/slurm-local.md.
+# How the Slurm tests use it: docs/perlmutter.md, "Testing the scripts without Perlmutter".
 set -euo pipefail
 MODE=${MODE:-perlmutter}
 case "$MODE" in basic|perlmutter) ;; *) echo "MODE=$MODE: expected basic or perlmutter" >&2; exit 2 ;; esac

@@ -63,7 +63,7 @@ class LenstronomyRenderer:
     from lenstronomy.LightModel.light_model import LightModel
 
     size, scale = sim_config.image_size, sim_config.pixel_scale
-    origin = -(size - 1) / 2 * scale   # lensjax centres the grid; no x flip (reference section 2.1)
+    origin = -(size - 1) / 2 * scale   # lensjax centres the grid; no x flip (docs/simulator.md)
     data = ImageData(image_data=np.zeros((size, size)), ra_at_xy_0=origin, dec_at_xy_0=origin,
                      transform_pix2angle=np.diag([scale, scale]))
     if sim_config.psf == "gaussian":

@@ -1,4 +1,4 @@
-"""CHAOS organ segmentation from PNG slices, as the original project's medical run (reference/msrfnet.md §1.3, §5).
+"""CHAOS organ segmentation from PNG slices, as the original project's medical run (docs/networks.md).
 
   python -m lensjax.data check data/chaos                       # validate the folders first
   python -m lensjax.train --config chaos:isnet --config.data.path=data/chaos

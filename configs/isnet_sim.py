@@ -1,4 +1,4 @@
-"""IS-Net on simulated lenses, as the original project trained it (reference/isnet.md §4).
+"""IS-Net on simulated lenses, as the original project trained it (docs/networks.md).
 
   python -m lensjax.train --config isnet_sim            # lens + arcs as two heads of one model
   python -m lensjax.train --config isnet_sim:arcs       # one binary model per target, as the original

@@ -8,7 +8,7 @@ The original wiring (18.6 M parameters, 7 live DSDF blocks), RMSprop 1e-4 (decay
 inside the square root, as Keras), loss 2·(BCE + Dice)(x) + BCE(edge) + (BCE + Dice)(pred4) + (BCE + Dice)(pred2),
 batch 4, 60,000 steps (the original's 15 epochs of 16,000 images). Inputs as the original: [0, 1] images with the
 ×10 arc-brightness boost applied once, and their Canny edge map. The original trained these models on their own
-inputs by mistake (reference/msrfnet.md §1.2) and reported Dice 0.13 (lens) and 0.52 (arcs); lensjax trains on
+inputs by mistake (docs/networks.md) and reported Dice 0.13 (lens) and 0.52 (arcs); lensjax trains on
 the masks. About 35 GFLOP per 128 px image forward: a GPU job.
 """
 

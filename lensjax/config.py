@@ -251,7 +251,7 @@ class SimConfig:
   """The built-in lens simulator (`lensjax.sim`): image geometry, instrument, priors and mask rule.
 
   Angles in arcsec; fluxes in the original data's "counts" (1 count = 0.1538 nJy, AB magnitude 33.43);
-  see `../shared/reference/simulator.md`. `lensjax.sim.check_config` checks every range and names the field.
+  see `docs/simulator.md`. `lensjax.sim.check_config` checks every range and names the field.
   Uniform priors are given as (min, max) pairs of fields; "log10" fields are decimal logarithms.
   """
   # Geometry and instrument.

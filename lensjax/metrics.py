@@ -12,7 +12,7 @@ Definitions, per target (prediction = sigmoid(logit) >= 0.5, truth = mask >= 0.5
   precision = TP / (TP + FP)              recall = TP / (TP + FN)
   mae = mean |sigmoid(logit) - mask|      maxf = max over 256 thresholds of 1.3·P·R / (0.3·P + R)
 A ratio 0/0 (nothing predicted and nothing to find) counts as 1.
-`orig_miou` is the original project's "mIOU" (reference/isnet.md §5): per image, min-max normalise the
+`orig_miou` is the original project's "mIOU" (docs/networks.md): per image, min-max normalise the
 probabilities, threshold at 0.5, IoU with 1e-15 smoothing (empty vs empty = 1), mean over images.
 """
 

@@ -1,4 +1,4 @@
-"""MSRF-Net (lensjax/models/msrfnet.py) against the Keras original, reference/msrfnet.md §2.
+"""MSRF-Net (lensjax/models/msrfnet.py) against the Keras original, docs/networks.md.
 
 Parameter counts are exact and use `nnx.eval_shape` (nothing allocated). The numeric tests share one
 width-0.125 model at 64x64, so the whole module compiles the forward only a few times.

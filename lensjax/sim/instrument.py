@@ -2,7 +2,7 @@
 
 Image arrays are (..., H, W) with row j <-> y and column i <-> x. Pixel centres sit at
 x_i = (i - (W - 1)/2) * pixel_scale and y_j = (j - (H - 1)/2) * pixel_scale (arcsec), so (0, 0) is the centre
-of the stamp (the original notebook put it half a pixel off, at index N/2; see reference section 2.1).
+of the stamp (the original notebook put it half a pixel off, at index N/2; see docs/simulator.md).
 Pixel values are in the image's flux unit ("counts", the original data's 0.1538 nJy): the mean surface
 brightness over the pixel times the pixel area, as lenstronomy computes it.
 """
@@ -125,7 +125,7 @@ def convolve_kernel(image: jax.Array, kernel: np.ndarray) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class NoiseModel:
-  """Detector and sky in the image's flux unit (counts); see reference section 2.8 (lenstronomy semantics).
+  """Detector and sky in the image's flux unit (counts); see docs/simulator.md (lenstronomy semantics).
 
   Attributes:
     electrons_per_count: photo-electrons collected per image count over the whole exposure,

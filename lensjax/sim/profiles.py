@@ -1,6 +1,6 @@
 """Lens and light profiles in lenstronomy's parametrisation: SIE, external shear, elliptical Sersic, Gaussian.
 
-Conventions (lenstronomy 1.14, see `../shared/reference/simulator.md` section 2):
+Conventions (lenstronomy 1.14, see `docs/simulator.md`):
   * Angles are in arcsec. `x` runs along image columns, `y` along image rows.
   * Ellipticity: e1 = (1 - q)/(1 + q) cos 2phi, e2 = (1 - q)/(1 + q) sin 2phi, where q is the minor/major axis
     ratio and phi the major-axis angle from +x, counter-clockwise.

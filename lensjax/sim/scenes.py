@@ -6,7 +6,7 @@ source's main Sersic, and fixed-length slot arrays for the source's Gaussian clu
 every scene has the same shapes and one compilation serves all.
 Parameter names follow lenstronomy (`scene_to_lenstronomy` converts one scene to its kwargs).
 
-Priors (reference section 3; every range is a `SimConfig` field):
+Priors (docs/simulator.md; every range is a `SimConfig` field):
   lens        theta_E ~ U; q ~ U(mass_q_min, 1) and orientation ~ U(0, pi) -> e1, e2; centre ~ N(0, sigma);
               shear gamma1, gamma2 ~ N(0, sigma), |gamma| capped; light e1, e2 = mass e1, e2 + N(0, sigma);
               R_sersic, n ~ U; total flux 10^U (counts).
