@@ -406,7 +406,7 @@ class DataConfig:
 
   def check(self) -> None:
     if self.source != "sim" and not self.path:
-      raise ConfigError(f"config.data.source={self.source!r} reads files: set config.data.path to the dataset "
+      raise ConfigError(f"config.data.source={self.source!r} reads files: set data.path to the dataset "
                         "(e.g. --config.data.path=/data/lenses)")
     if not self.targets or len(set(self.targets)) != len(self.targets):
       raise ConfigError(f"config.data.targets={self.targets!r}: expected distinct target names, at least one")

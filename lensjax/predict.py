@@ -45,8 +45,7 @@ import numpy as np
 from PIL import Image
 
 from lensjax import cli, data, evaluate, parallel, plots, train_step
-from lensjax.data import fits, images, npy, sources, transforms, validation
-from lensjax.data.errors import DataError
+from lensjax.data import DataError
 
 NPY_SUFFIX = ".npy"
 PNG_SUFFIX = ".png"
@@ -65,20 +64,20 @@ class InputImage:
 
 
 def _is_input_file(path: pathlib.Path) -> bool:
-  return path.is_file() and (path.suffix.lower() in (NPY_SUFFIX, PNG_SUFFIX) or fits.is_fits_file(path))
+  return path.is_file() and (path.suffix.lower() in (NPY_SUFFIX, PNG_SUFFIX) or data.is_fits_file(path))
 
 
 def _stem(path: pathlib.Path) -> str:
   name = path.name
-  for suffix in sorted(fits.FITS_SUFFIXES + (NPY_SUFFIX, PNG_SUFFIX), key=len, reverse=True):
+  for suffix in sorted(data.FITS_SUFFIXES + (NPY_SUFFIX, PNG_SUFFIX), key=len, reverse=True):
     if name.lower().endswith(suffix):
       return name[:-len(suffix)]
   return path.stem
 
 
 def _npy_images(path: pathlib.Path) -> list[InputImage]:
-  shape, dtype = npy.npy_header(path)
-  problems = validation.check_image_dtype(dtype, str(path))
+  shape, dtype = data.npy_header(path)
+  problems = data.check_image_dtype(dtype, str(path))
   if problems:
     raise DataError(problems)
   if len(shape) == 2:
@@ -99,9 +98,9 @@ def _npy_images(path: pathlib.Path) -> list[InputImage]:
   def reader(i: int | None) -> Callable[[], np.ndarray]:
     def read() -> np.ndarray:
       if "array" not in handle:
-        handle["array"] = validation.load_npy(path)
+        handle["array"] = data.load_npy(path)
       image = np.asarray(array_of(handle["array"], i), np.float32)
-      validation.require_finite(image, f"{path}" + ("" if i is None else f"[{i}]"))
+      data.require_finite(image, f"{path}" + ("" if i is None else f"[{i}]"))
       return image
     return read
 
@@ -118,11 +117,11 @@ def _png_image(path: pathlib.Path) -> InputImage:
       width, height = im.size
   except (OSError, ValueError) as error:
     raise DataError(f"{path}: is not a readable image ({error}). Re-save it as PNG or remove it") from None
-  return InputImage(_stem(path), str(path), height, width, lambda: images.read_png_image(path))
+  return InputImage(_stem(path), str(path), height, width, lambda: data.read_png_image(path))
 
 
 def _fits_images(path: pathlib.Path) -> list[InputImage]:
-  source = fits.FitsSource(path, "test")
+  source = data.FitsSource(path, "test")
   height, width = source.image_shape[:2]
   stem = _stem(path)
   if len(source) == 1 and source.cutouts[0][2] is None:
@@ -145,7 +144,7 @@ def find_inputs(paths: Sequence[str | pathlib.Path]) -> list[InputImage]:
       raise DataError(f"{path}: no such file or folder")
     elif not _is_input_file(path):
       raise DataError(f"{path}: not an input lensjax reads; expected .npy, .png or FITS "
-                      f"({', '.join(fits.FITS_SUFFIXES)}) files, or a folder of them")
+                      f"({', '.join(data.FITS_SUFFIXES)}) files, or a folder of them")
     else:
       files.append(path)
   found_images: list[InputImage] = []
@@ -173,7 +172,7 @@ def find_inputs(paths: Sequence[str | pathlib.Path]) -> list[InputImage]:
   return found_images
 
 
-def padded_side(height: int, width: int, preprocessor: transforms.Preprocessor) -> int:
+def padded_side(height: int, width: int, preprocessor: data.Preprocessor) -> int:
   """The square side an image is padded to: max(size after resize_to, data.pad_to), up to a multiple of 32."""
   height, width = dataclasses.replace(preprocessor, pad_to=0, crop_size=0).output_size(height, width)
   return SIZE_MULTIPLE * math.ceil(max(height, width, preprocessor.pad_to) / SIZE_MULTIPLE)
@@ -202,7 +201,7 @@ def predict(run: evaluate.LoadedRun, inputs: Sequence[InputImage], out: pathlib.
   mesh = mesh or parallel.make_mesh()
   config = run.config
   targets = config.data.targets
-  preprocessor = dataclasses.replace(sources.make_preprocessor(config, with_edge=data.needs_edge(config)),
+  preprocessor = dataclasses.replace(data.make_preprocessor(config, with_edge=data.needs_edge(config)),
                                      crop_size=0, augment="none")
   forward = compile_forward(run.graphdef, mesh, run.state_sharding)
   out.mkdir(parents=True, exist_ok=True)
@@ -231,11 +230,11 @@ def predict(run: evaluate.LoadedRun, inputs: Sequence[InputImage], out: pathlib.
   return summary
 
 
-def _crop_back(probabilities: np.ndarray, image: InputImage, preprocessor: transforms.Preprocessor,
+def _crop_back(probabilities: np.ndarray, image: InputImage, preprocessor: data.Preprocessor,
                side: int) -> np.ndarray:
   """(side, side, K) -> (H, W, K): the image's own region of the padded prediction, at the image's size."""
   height, width = dataclasses.replace(preprocessor, pad_to=0, crop_size=0).output_size(image.height, image.width)
-  top, left = transforms.pad_offset(height, side), transforms.pad_offset(width, side)
+  top, left = data.pad_offset(height, side), data.pad_offset(width, side)
   region = probabilities[top:top + height, left:left + width]
   if (height, width) != (image.height, image.width):          # the run resized its images: undo it
     region = cv2.resize(np.ascontiguousarray(region), (image.width, image.height), interpolation=cv2.INTER_LINEAR)

@@ -107,11 +107,11 @@ def test_when_no_checkpoint_restores_nothing_is_moved(tmp_path):
   assert (directory / "1").is_dir()
 
 
-def test_bad_options_name_the_field():
-  with pytest.raises(ValueError, match="checkpoint.keep=0"):
-    checkpoint.check_config(cfg.CheckpointConfig(keep=0))
-  with pytest.raises(ValueError, match="checkpoint.every_steps=-1"):
-    checkpoint.check_config(cfg.CheckpointConfig(every_steps=-1))
+def test_bad_options_name_the_field(tmp_path):
+  with pytest.raises(cfg.ConfigError, match="checkpoint.keep=0"):
+    checkpoint.Checkpoints(tmp_path, cfg.CheckpointConfig(keep=0))
+  with pytest.raises(cfg.ConfigError, match="checkpoint.every_steps=-1"):
+    checkpoint.Checkpoints(tmp_path, cfg.CheckpointConfig(every_steps=-1))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])

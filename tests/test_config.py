@@ -79,7 +79,7 @@ def test_a_bad_config_argument_lists_the_accepted_ones(name):
     ("--config.checkpoint.keep=0", r"config.checkpoint.keep=0: expected >= 1"),
     ("--config.checkpoint.best_metric=iou/liver", r"no target 'liver'"),
     ("--config.data.split_fractions=0.5,0.5,0.5", r"sum to 1"),
-    ("--config.data.source=npy", r"set config.data.path"),
+    ("--config.data.source=npy", r"reads files: set data.path"),
     ("--config.train.target_weights=1,2,3", r"one weight per target \(lens, arcs\)"),
     ("--config.sim.image_size=0", r"config.sim.image_size must lie in \[1, 4096\]"),
 ])

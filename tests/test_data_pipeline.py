@@ -45,9 +45,9 @@ def test_batches_hold_images_masks_edges_and_valid_flags(tmp_path):
 
 # 10 examples: 1 process reads 3 batches of 4 (2 padding rows); 2 processes 2 batches of 3 each (12 rows);
 # 3 processes 1 batch of 4 each (12 rows).
-@pytest.mark.parametrize("process_count, batch_size, batches", [(1, 4, 3), (2, 3, 2), (3, 4, 1)])
+@pytest.mark.parametrize("process_count, batch_size, expected", [(1, 4, 3), (2, 3, 2), (3, 4, 1)])
 def test_finite_loaders_read_every_example_once_in_equal_numbers_of_full_batches(tmp_path, process_count,
-                                                                                 batch_size, batches):
+                                                                                 batch_size, expected):
   config = _npy_config(tmp_path, count=50, split_fractions=(0.6, 0.2, 0.2))    # val: 10 examples
   seen, batch_counts = [], []
   for p in range(process_count):
@@ -60,8 +60,8 @@ def test_finite_loaders_read_every_example_once_in_equal_numbers_of_full_batches
       # Padding rows are real images (so shapes and statistics stay sane) flagged invalid.
       assert np.isfinite(batch["image"]).all()
   assert sorted(seen) == list(range(10))
-  assert batch_counts == [batches] * process_count
-  assert lensdata.batches_per_epoch(10, batch_size, process_count) == batches
+  assert batch_counts == [expected] * process_count
+  assert lensdata.batches_per_epoch(10, batch_size, process_count) == expected
 
 
 def test_unbounded_loaders_give_processes_disjoint_blocks_that_cover_the_split(tmp_path):

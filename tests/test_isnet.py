@@ -265,13 +265,13 @@ def test_factory_builds_by_name_and_refuses_options_that_do_not_apply():
   assert isinstance(model, ISNet) and (model.depth, model.width, model.dtype) == (2, WIDTH, jnp.bfloat16)
   with pytest.raises(ValueError, match="unknown model name 'unet'; choose one of isnet, isnet_gt_encoder, msrfnet"):
     build("unet", in_channels=1, out_channels=1, seed=0)
-  with pytest.raises(ValueError, match="wiring='paper' applies to MSRF-Net only"):
+  with pytest.raises(ValueError, match="wiring='paper' is not an option of isnet; choose one of 'original'"):
     build("isnet", in_channels=1, out_channels=1, wiring="paper", seed=0)
-  with pytest.raises(ValueError, match="depth=4 applies to IS-Net only"):
+  with pytest.raises(ValueError, match="depth=4 is not an option of msrfnet; choose one of 6"):
     build("msrfnet", in_channels=1, out_channels=1, depth=4, seed=0)
   with pytest.raises(ValueError, match="exactly one of seed="):
     build("isnet", in_channels=1, out_channels=1)
-  with pytest.raises(ValueError, match="dtype 'float16' is not supported"):
+  with pytest.raises(ValueError, match="dtype='float16' is not an option of isnet; choose one of 'float32', 'bfloat16'"):
     build("isnet", in_channels=1, out_channels=1, dtype="float16", seed=0)
 
 

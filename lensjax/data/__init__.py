@@ -3,6 +3,9 @@
   make_source(config, split)      a Grain random-access source of preprocessed examples (no augmentation)
   make_loader(config, split, ...) the sharded, shuffled, augmented, prefetched batches of one process
   python -m lensjax.data check PATH   validates a dataset and prints a summary, before anyone trains on it
+  make_preprocessor(config, ...)  the per-image preprocessing of a config, for images read one by one
+  read_png_image, npy_header, load_npy, FitsSource, is_fits_file, check_image_dtype, require_finite
+                                  readers and checks of single image files (`python -m lensjax.predict`)
 
 Modules: `sources` (the simulated source, config -> source), `npy`, `images` (PNG, CHAOS DICOM), `fits`
 (format readers), `transforms` (preprocessing, augmentation, Canny), `pipeline` (loaders), `check`.
@@ -11,8 +14,16 @@ when it renders.
 """
 
 from lensjax.data.errors import DataError
+from lensjax.data.fits import FITS_SUFFIXES, FitsSource, is_fits_file
+from lensjax.data.images import read_png_image
+from lensjax.data.npy import npy_header
 from lensjax.data.pipeline import batches_per_epoch, make_loader
-from lensjax.data.sources import input_channels, make_source, needs_edge, num_examples, num_targets
+from lensjax.data.sources import (input_channels, make_preprocessor, make_source, needs_edge, num_examples,
+                                  num_targets)
+from lensjax.data.transforms import Preprocessor, pad_offset
+from lensjax.data.validation import check_image_dtype, load_npy, require_finite
 
-__all__ = ["DataError", "batches_per_epoch", "input_channels", "make_loader", "make_source", "needs_edge",
-           "num_examples", "num_targets"]
+__all__ = ["DataError", "FITS_SUFFIXES", "FitsSource", "Preprocessor", "batches_per_epoch", "check_image_dtype",
+           "input_channels", "is_fits_file", "load_npy", "make_loader", "make_preprocessor", "make_source",
+           "needs_edge", "npy_header", "num_examples", "num_targets", "pad_offset", "read_png_image",
+           "require_finite"]
