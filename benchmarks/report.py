@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from lensjax import cli
+from lensjax import cli, registry
 
 SCHEMA = "lensjax.throughput/1"
 
@@ -55,7 +55,7 @@ def load_records(paths: Iterable[str | pathlib.Path]) -> list[dict[str, Any]]:
 def model_label(config: dict[str, Any]) -> str:
   model = config["model"]
   label = f"{model['name']} width {model['width']:g}"
-  if model["name"] == "isnet":
+  if len(registry.network(model["name"]).depths) > 1:     # the depth is an option of this network
     label += f" depth {model['depth']}"
   return f"{label}, {model['dtype']}, {config['data']['source']} data"
 

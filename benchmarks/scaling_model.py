@@ -48,7 +48,7 @@ import sys
 from typing import Any
 
 from benchmarks import report, throughput
-from lensjax import cli
+from lensjax import cli, registry
 from lensjax import config as cfg
 
 LOGGED_ISNET_STEP_S = 0.083          # s per iteration, original IS-Net, batch 8, one Perlmutter A100
@@ -57,7 +57,7 @@ A100_PEAK_FLOPS = dict(throughput.GPU_PEAK_FLOPS)["A100"]   # dense TF32 / bf16 
 XLA_ALL_REDUCE_COMBINE_BYTES = 30 * 2**20 + 7               # xla/service/collective_utils.h
 BACKWARD_SHARE = 2 / 3               # backward = 2 x forward FLOPs: the share of compute that can hide comms
 DEFAULT_NODES = (1, 2, 4, 8, 16, 32, 64, 128)
-MODELS = ("isnet", "msrfnet")
+MODELS = registry.TRAINABLE_MODEL_NAMES
 
 
 @dataclasses.dataclass(frozen=True)

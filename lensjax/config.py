@@ -421,7 +421,7 @@ class DataConfig:
     if len(self.ct_hu_range) != 2 or not self.ct_hu_range[0] < self.ct_hu_range[1]:
       raise ConfigError(f"config.data.ct_hu_range={self.ct_hu_range!r}: expected (low, high) with low < high")
     _check_range("data.normalize_percentile", self.normalize_percentile, 0, 100, "a percentile", low_open=True)
-    _check_range("data.arc_boost", self.arc_boost, 1, None, "a factor (1 disables the boost)")
+    _check_range("data.arc_boost", self.arc_boost, 1, None, "a factor; 1 disables the boost")
     for name in ("resize_to", "pad_to", "crop_size"):
       _check_range(f"data.{name}", getattr(self, name), 0, None, "pixels, or 0 for off")
     for name in ("worker_count", "worker_buffer_size", "read_threads", "prefetch_batches"):
@@ -470,7 +470,7 @@ class OptimConfig:
       _check_range(f"optim.{name}", getattr(self, name), 0, 1, "a decay rate", high_open=True)
     _check_range("optim.eps", self.eps, 0, None, "a small positive number", low_open=True)
     _check_range("optim.weight_decay", self.weight_decay, 0, None, "a decay factor")
-    _check_range("optim.grad_clip_norm", self.grad_clip_norm, 0, None, "a norm (0 disables clipping)")
+    _check_range("optim.grad_clip_norm", self.grad_clip_norm, 0, None, "a norm; 0 disables clipping")
 
 
 @dataclasses.dataclass
@@ -496,7 +496,7 @@ class TrainConfig:
 
   def check(self) -> None:
     for name in ("batch_size", "eval_batch_size"):
-      _check_range(f"train.{name}", getattr(self, name), 1, None, "images (the global batch)")
+      _check_range(f"train.{name}", getattr(self, name), 1, None, "images in the global batch")
     for name in ("num_steps", "log_every", "eval_every", "gt_encoder_steps"):
       _check_range(f"train.{name}", getattr(self, name), 1, None, "steps")
     _check_range("train.figure_images", self.figure_images, 0, None, "images")
@@ -524,8 +524,8 @@ class CheckpointConfig:
 
   def check(self) -> None:
     _check_range("checkpoint.every_steps", self.every_steps, 0, None,
-                 "steps (0: save only at the end and when asked to stop)")
-    _check_range("checkpoint.keep", self.keep, 1, None, "checkpoints (the newest is what a rerun resumes from)")
+                 "steps; 0 saves only at the end and when asked to stop")
+    _check_range("checkpoint.keep", self.keep, 1, None, "checkpoints; the newest is what a rerun resumes from")
     if not self.best_metric:
       raise ConfigError("config.checkpoint.best_metric is empty: name a validation metric, e.g. iou/mean or loss")
 

@@ -65,6 +65,19 @@ def _last_validation(path: pathlib.Path) -> dict[str, float]:
   return {k: v for k, v in records[-1].items() if k not in ("step", "split")} if records else {}
 
 
+def _restore_or_initialise(config: cfg.Config, mesh, target: train_step.TrainState,
+                           checkpoints: checkpoint.Checkpoints, train_iter, workdir: pathlib.Path):
+  """(state, base random key, step) of the newest checkpoint that restores (also repositioning `train_iter`),
+  or of a new run."""
+  restored = checkpoints.restore_latest(target.state, train_iter)
+  if restored is None:
+    say(f"starting a new run in {workdir}")
+    return train_step.create_train_state(config, mesh, config.train.seed).state, jax.random.key(config.train.seed), 0
+  run_directory.check_same_run(restored.config, config, restored.path)   # the allowed changes were printed
+  say(f"resumed from step {restored.step} ({restored.path})")
+  return restored.state, restored.rng_key, restored.step
+
+
 def train_and_evaluate(config: cfg.Config, workdir: str | pathlib.Path, *, restart: bool = False) -> dict[str, float]:
   """Trains `config` into `workdir`, resuming an earlier run there; returns the last validation metrics.
 
@@ -98,15 +111,7 @@ def train_and_evaluate(config: cfg.Config, workdir: str | pathlib.Path, *, resta
     eval_fn = train_step.compile_eval_step(target.graphdef, loss_fn, mesh, target.shardings,
                                            min(train.figure_images, per_process_eval))
     with checkpoint.Checkpoints(workdir / checkpoint.CHECKPOINTS_DIR, config.checkpoint) as checkpoints:
-      restored = checkpoints.restore_latest(target.state, train_iter)
-      if restored is not None:
-        run_directory.check_same_run(restored.config, config, restored.path)   # allowed changes printed above
-        state, base_key, start_step = restored.state, restored.rng_key, restored.step
-        say(f"resumed from step {start_step} ({restored.path})")
-      else:
-        state = train_step.create_train_state(config, mesh, train.seed).state
-        base_key, start_step = jax.random.key(train.seed), 0
-        say(f"starting a new run in {workdir}")
+      state, base_key, start_step = _restore_or_initialise(config, mesh, target, checkpoints, train_iter, workdir)
       log = run_directory.MetricsLog(workdir / run_directory.METRICS_FILE,
                                      workdir / run_directory.TENSORBOARD_DIR if train.tensorboard else None,
                                      start_step)
