@@ -33,6 +33,8 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
+
 from lensjax import checkpoint, cli, data, evaluation, parallel, run_directory, train_step
 from lensjax import config as cfg
 from lensjax.models import import_torch

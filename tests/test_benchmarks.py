@@ -103,9 +103,10 @@ def test_synthetic_batch_keeps_shapes_and_dtypes_binary_maps_and_image_statistic
   np.testing.assert_array_equal(fake["index"], real["index"])
 
 
-def test_command_line_refuses_too_few_timed_steps():
-  with pytest.raises(SystemExit):
-    throughput.parse_args(["--steps", "5"])
+def test_command_line_refuses_too_few_timed_steps(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    throughput.main(["--steps", "5"])
+  assert exit_info.value.code == 2 and "--steps=5: time at least 20 steps" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------------------
