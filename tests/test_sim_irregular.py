@@ -4,6 +4,10 @@ Determinism by (seed, index), what each option leaves alone, flux conservation, 
 """
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +45,22 @@ def test_the_same_index_gives_the_same_bits_in_any_batch_with_both_options(hard)
                                   hard["params"]["n_field_galaxies"][rows])
   other_seed = Simulator(HARD, seed=6).render(picks)
   assert not np.array_equal(other_seed["arcs"], hard["arcs"][picks])
+
+
+@pytest.mark.slow
+def test_the_same_index_gives_the_same_bits_in_another_process_on_two_devices_with_both_options(hard, tmp_path):
+  script = (
+      "import json, sys, numpy as np\n"
+      "from lensjax.config import SimConfig\n"
+      "from lensjax.sim import Simulator\n"
+      "out = Simulator(SimConfig(**json.loads(sys.argv[1])), seed=5).render(np.arange(16)[::-1])\n"
+      "np.savez(sys.argv[2], observed=out['observed'], masks=out['masks'])\n")
+  path = tmp_path / "other.npz"
+  subprocess.run([sys.executable, "-c", script, json.dumps(dataclasses.asdict(HARD)), str(path)], check=True,
+                 env={**os.environ, "JAX_NUM_CPU_DEVICES": "2"})
+  other = np.load(path)
+  np.testing.assert_array_equal(other["observed"], hard["observed"][15::-1])
+  np.testing.assert_array_equal(other["masks"], hard["masks"][15::-1])
 
 
 def test_the_options_change_the_source_and_add_galaxies_but_keep_the_lenses(easy, hard):
