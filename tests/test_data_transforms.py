@@ -4,7 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lensjax.data import transforms
+from lensjax import config as cfg
+from lensjax.data import sources, transforms
 
 
 def _blob_image(size=20, channels=1, seed=0):
@@ -222,3 +223,13 @@ def test_preprocessor_output_size_follows_resize_pad_and_crop():
   assert transforms.Preprocessor(pad_to=128).output_size(125, 125) == (128, 128)
   assert transforms.Preprocessor(resize_to=256, pad_to=128).output_size(512, 512) == (256, 256)
   assert transforms.Preprocessor(pad_to=128, crop_size=96).output_size(125, 125) == (96, 96)
+
+
+def test_the_config_selects_the_original_preprocessing():
+  config = cfg.Config()
+  cfg.parse_overrides(config, ["--config.data.normalize=original", "--config.data.arc_boost=10",
+                               "--config.data.pad_to=0", "--config.data.input_scaling=unit"])
+  image = next(_lens_like_images(seed=11))
+  out = sources.make_preprocessor(config, with_edge=False)({"image": image})["image"]
+  expected = _original_boost_reference(_original_normalize_reference(image[..., 0]), 10.0)
+  np.testing.assert_array_equal(out[..., 0], expected.astype(np.float32) / np.float32(255))
