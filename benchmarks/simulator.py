@@ -11,7 +11,9 @@ light, field galaxies) with every clump and field slot present (unused ones at z
 renderer evaluates them). lenstronomy makes the three channels only; the headline ratio compares that with
 the JAX render *including* its masks. The two renderings are also compared pixel by pixel on a few scenes.
 --breakdown times the scene with parts switched off (field galaxies, clumps, percentile masks, PSF), with
-lenstronomy on the same reduced scenes, to show where the time goes and the ratio per scene content.
+lenstronomy on the same reduced scenes, to show where the time goes and the ratio per scene content;
+--options times the harder scenes (irregular sources, crowded fields) against the configured ones, interleaved.
+lenstronomy has no irregular source: with source_model 'irregular' the figures are JAX only.
 Set JAX_NUM_CPU_DEVICES (default here: one device per CPU core) to change how the batch is split over cores.
 """
 
@@ -73,7 +75,8 @@ class LenstronomyRenderer:
     else:
       raise ValueError("the lenstronomy comparison supports psf 'gaussian' or 'none'")
     numerics = dict(supersampling_factor=sim_config.supersampling)
-    self.clump_slots, self.field_slots = sim_config.clumps_max, sim_config.field_galaxies_max
+    self.clump_slots = sim_config.clumps_max
+    self.field_slots = sim_config.field_galaxies_max + scenes.crowd_slots(sim_config)
     self.arcs = ImageModel(data, psf, lens_model_class=LensModel(["SIE", "SHEAR"]),
                            source_model_class=LightModel(["SERSIC_ELLIPSE"] + ["GAUSSIAN"] * self.clump_slots),
                            kwargs_numerics=numerics)
@@ -132,14 +135,29 @@ BREAKDOWN = {
 }
 
 
+# The harder scenes (docs/harder-simulations.md), each against the configured scene.
+OPTIONS = {
+    "configured scene": {},
+    "irregular source": dict(source_model="irregular"),
+    "crowded field": dict(crowd_galaxies_mean=scenes.CROWDED_FIELD_GALAXIES),
+    "irregular source, crowded field": dict(source_model="irregular",
+                                            crowd_galaxies_mean=scenes.CROWDED_FIELD_GALAXIES),
+}
+
+
+def lenstronomy_comparable(sim_config: cfg.SimConfig) -> bool:
+  """Whether lenstronomy can render these scenes: it is installed, the PSF is not Moffat, the source Sersic."""
+  return lenstronomy_available() and sim_config.psf != "moffat" and sim_config.source_model == "sersic"
+
+
 def time_breakdown(sim_config: cfg.SimConfig, seed: int, batch_size: int, repeats: int,
-                   lenstronomy_images: int) -> dict[str, dict[str, float]]:
-  """images/s of `render` (and of lenstronomy on the same scenes, if importable) for each entry of BREAKDOWN.
+                   lenstronomy_images: int, variants: dict = BREAKDOWN) -> dict[str, dict[str, float]]:
+  """images/s of `render` (and of lenstronomy on the same scenes, if it can) for each of `variants`.
 
   The JAX repeats are interleaved over the variants, so drifts in the machine's load hit all alike.
   """
   simulators = {name: Simulator(dataclasses.replace(sim_config, **changes), seed)
-                for name, changes in BREAKDOWN.items()}
+                for name, changes in variants.items()}
   for simulator in simulators.values():
     simulator.render(np.arange(batch_size))
   seconds = {name: [] for name in simulators}
@@ -150,9 +168,9 @@ def time_breakdown(sim_config: cfg.SimConfig, seed: int, batch_size: int, repeat
       seconds[name].append(time.perf_counter() - start)
   rows = {name: dict(jax_images_per_second=batch_size / statistics.median(values))
           for name, values in seconds.items()}
-  if lenstronomy_available() and sim_config.psf != "moffat":
-    scene_indices = np.arange(10**6, 10**6 + lenstronomy_images)
-    for name, simulator in simulators.items():
+  scene_indices = np.arange(10**6, 10**6 + lenstronomy_images)
+  for name, simulator in simulators.items():
+    if lenstronomy_comparable(simulator.config):
       timing = time_lenstronomy(LenstronomyRenderer(simulator.config), simulator.scenes(scene_indices), 1)
       rows[name]["lenstronomy_images_per_second"] = timing["images_per_second"]
       rows[name]["ratio"] = rows[name]["jax_images_per_second"] / timing["images_per_second"]
@@ -191,6 +209,8 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--breakdown", action="store_true",
                       help="also time the scene with parts switched off (field galaxies, clumps, masks, PSF)")
+  parser.add_argument("--options", action="store_true",
+                      help="also time the harder scenes (irregular source, crowded field) against this one")
   parser.add_argument("--out", type=pathlib.Path, help="write the figures as JSON here")
   args, overrides = cli.parse(parser, argv)
   config = cfg.parse_overrides(cfg.Config(), overrides, sections=("sim",))
@@ -212,8 +232,8 @@ def main(argv: list[str]) -> int:
 
   if not lenstronomy_available():
     print("lenstronomy is not installed (pip install lensjax[bench]): JAX figures only")
-  elif sim_config.psf == "moffat":
-    print("the lenstronomy comparison covers psf 'gaussian' and 'none': JAX figures only")
+  elif not lenstronomy_comparable(sim_config):
+    print("the lenstronomy comparison covers psf 'gaussian' and 'none' and Sersic sources: JAX figures only")
   else:
     import lenstronomy
     renderer = LenstronomyRenderer(sim_config)
@@ -229,6 +249,10 @@ def main(argv: list[str]) -> int:
     results["breakdown_batch_size"] = batch_size
     results["breakdown"] = time_breakdown(sim_config, args.seed, batch_size, args.repeats,
                                           args.lenstronomy_images)
+  if args.options:
+    results["options_batch_size"] = max(batch_sizes)
+    results["options"] = time_breakdown(sim_config, args.seed, max(batch_sizes), args.repeats,
+                                        args.lenstronomy_images, OPTIONS)
   results["load_average_after"] = os.getloadavg()
 
   reference = results.get("lenstronomy", {}).get("images_per_second")
@@ -256,6 +280,12 @@ def main(argv: list[str]) -> int:
     for name, row in results["breakdown"].items():
       print(f"  {row['jax_images_per_second']:>8.0f} {row.get('lenstronomy_images_per_second', float('nan')):>8.0f} "
             f"{row.get('ratio', float('nan')):>6.1f}  {name}")
+  if args.options:
+    print(f"harder scenes at batch {results['options_batch_size']} (images/s, and relative to the configured one):")
+    configured = results["options"]["configured scene"]["jax_images_per_second"]
+    for name, row in results["options"].items():
+      row["relative_to_configured"] = row["jax_images_per_second"] / configured
+      print(f"  {row['jax_images_per_second']:>8.0f} {row['relative_to_configured']:>6.2f}  {name}")
   print(f"load average after: {os.getloadavg()}")
   if args.out:
     args.out.parent.mkdir(parents=True, exist_ok=True)

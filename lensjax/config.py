@@ -302,6 +302,8 @@ class SimConfig:
   clump_offset_max: float = 0.3    # arcsec, clump centres uniform in a disc of this radius around the source
   clump_flux_fraction_min: float = 0.1   # share of the source flux in its clumps (when it has any), uniform
   clump_flux_fraction_max: float = 0.4
+  # 'irregular': the Sersic becomes a twisted, spiral-perturbed body with knots (same flux; docs/harder-simulations.md)
+  source_model: Literal["sersic", "irregular"] = "sersic"
   # Field galaxies: Sersics in the observed channel only (not lensed, not in the masks).
   field_galaxies_mean: float = 2.0   # Poisson mean number per stamp
   field_galaxies_max: int = 4        # slots (cost scales with this); the Poisson draw is capped here
@@ -312,6 +314,8 @@ class SimConfig:
   field_e_sigma: float = 0.05        # field galaxy e1, e2 ~ N(0, this) each, |e| capped at 0.3
   field_log10_flux_mean: float = 3.5   # field galaxy total flux, log10(counts) ~ N(mean, sigma)
   field_log10_flux_sigma: float = 0.7
+  crowd_galaxies_mean: float = 0.0   # crowded field: Poisson mean of extra faint field galaxies (10: JADES-like,
+                                     # `simulate --crowded`); 0: off
   # Masks (computed on the noiseless lens and arcs channels; see `lensjax.sim.masks`).
   mask_rule: Literal["percentile", "noise", "peak_fraction"] = "percentile"
   lens_mask_percentile: float = 99.0   # 'percentile' rule, in [0, 100)
@@ -373,15 +377,18 @@ class DataConfig:
                                                         # clipped (abdominal window: level 40, width 400)
 
   # Preprocessing.
-  # percentile: divide each image channel by its `normalize_percentile` percentile and clip to [0, 1] (the
-  # original's per-image p99 division and clipping); minmax: (x - min) / (max - min); none: as read (png is
-  # already x / 255, chaos CT is windowed by ct_hu_range). auto: percentile for sim, npy, fits and chaos MR;
-  # none for png and chaos CT.
-  normalize: Literal["auto", "percentile", "minmax", "none"] = "auto"
+  # percentile: divide each image channel by its `normalize_percentile` percentile and clip to [0, 1] (not the
+  # original's function); original: the original project's x / p99 -> (x - min) * 255 / max -> clip at the
+  # recomputed p99, then / 255 (`transforms.original_normalize`); minmax: (x - min) / (max - min); none: as
+  # read (png is already x / 255, chaos CT is windowed by ct_hu_range). auto: percentile for sim, npy, fits
+  # and chaos MR; none for png and chaos CT.
+  normalize: Literal["auto", "percentile", "original", "minmax", "none"] = "auto"
   normalize_percentile: float = 99.0
-  # The original's arc-brightness boost (10 there; 1 disables it): pixels above the image's 95th percentile
+  # Arc-brightness boost (the original used 10; 1 disables it): pixels above the image's 95th percentile
   # are multiplied by arc_boost, those above the recomputed 99th percentile divided by it, and the image is
-  # divided by arc_boost to stay in [0, 1]. Applied once per read (the original compounded it every epoch).
+  # divided by arc_boost to stay in [0, 1]. With normalize='original' it is the original's own boost instead:
+  # in 0-255 units after padding, clipped at 255, no overall division. Applied once per read (the original
+  # compounded it every epoch).
   arc_boost: float = 1.0
   resize_to: int = 0               # pixels per side after reading (bilinear for images, nearest for masks);
                                    # 0 keeps the stored size (the original's CHAOS run resized to 256)

@@ -134,3 +134,85 @@ def max_f(pos_hist: np.ndarray, neg_hist: np.ndarray) -> np.ndarray:
   den = F_BETA_SQUARED * precision + recall
   f = np.where(den > 0, (1 + F_BETA_SQUARED) * precision * recall / np.where(den > 0, den, 1), 0.0)
   return np.max(f, axis=1)
+
+
+# The original project's own definitions, one set per row of its results table; they differ from the ones
+# above (per-image vs global, smoothing, min-max normalisation, thresholds). Inputs: probabilities (N, H, W)
+# in [0, 1] and masks (N, H, W), a pixel being foreground where mask >= 0.5; plain numpy, for a split gathered
+# on the host.
+ORIGINAL_IOU_SMOOTHING = 1e-15       # added to intersection and union (empty vs empty scores 1)
+ORIGINAL_PR_THRESHOLDS = 255         # IS-Net precision/recall: thresholds 0, 1, ..., 254 on the 0-255 scale
+ORIGINAL_PR_SMOOTHING = 1e-4         # IS-Net precision/recall denominators
+ORIGINAL_F_SMOOTHING = 1e-8          # IS-Net F-measure of the mean precision and recall
+
+
+def _min_max_normalised(probabilities: np.ndarray) -> np.ndarray:
+  """Per image (p - min) / (max - min) in float32; a constant map gives NaN (no pixel passes any threshold)."""
+  probabilities = np.asarray(probabilities, np.float32)
+  low = probabilities.min(axis=(1, 2), keepdims=True)
+  high = probabilities.max(axis=(1, 2), keepdims=True)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return (probabilities - low) / (high - low)
+
+
+def original_isnet_miou(probabilities: np.ndarray, masks: np.ndarray, include: np.ndarray | None = None) -> float:
+  """The IS-Net row's "mIoU": per image, IoU of (min-max normalised map >= 0.5) with the mask, averaged.
+
+  IoU = (intersection + 1e-15) / (union + 1e-15), so an empty mask scores ~0 against any non-constant map and 1
+  against a constant one. `include` (N,) bool selects the images averaged over: the original's arcs row
+  averaged over lenses only. Returns NaN when no image is selected.
+  """
+  predicted = _min_max_normalised(probabilities) >= 0.5
+  truth = np.asarray(masks) >= 0.5
+  intersection = np.sum(predicted & truth, axis=(1, 2), dtype=np.float64)
+  union = np.sum(predicted | truth, axis=(1, 2), dtype=np.float64)
+  iou = (intersection + ORIGINAL_IOU_SMOOTHING) / (union + ORIGINAL_IOU_SMOOTHING)
+  selected = iou if include is None else iou[np.asarray(include, bool)]
+  return float(np.mean(selected)) if selected.size else float("nan")
+
+
+def original_isnet_precision_recall(probabilities: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+  """The IS-Net row's precision and recall: means over images and over 255 thresholds; and max F.
+
+  Per image, the min-max normalised map times 255 is binned into 255 unit bins (255 joins the top bin); at
+  each threshold bin b (254 down to 0), precision = TP / (TP + FP + 1e-4) and recall = TP / (P + 1e-4) over
+  pixels in bins >= b. The per-threshold curves are averaged over images; `precision` and `recall` are then
+  the means over thresholds, and `max_f` the maximum over thresholds of 1.3 P R / (0.3 P + R + 1e-8).
+  """
+  scaled = _min_max_normalised(probabilities) * np.float32(255)
+  truth = np.asarray(masks) >= 0.5
+  counted = ~np.isnan(scaled)
+  bins = np.minimum(np.floor(np.where(counted, scaled, 0)), ORIGINAL_PR_THRESHOLDS - 1).astype(np.int64)
+  precision, recall = [], []
+  for image_bins, image_truth, image_counted in zip(bins, truth, counted):
+    positive = np.bincount(image_bins[image_truth & image_counted], minlength=ORIGINAL_PR_THRESHOLDS)
+    negative = np.bincount(image_bins[~image_truth & image_counted], minlength=ORIGINAL_PR_THRESHOLDS)
+    true_positives = np.cumsum(positive[::-1])       # pixels in bins >= b, b = 254 ... 0
+    false_positives = np.cumsum(negative[::-1])
+    precision.append(true_positives / (true_positives + false_positives + ORIGINAL_PR_SMOOTHING))
+    recall.append(true_positives / (image_truth.sum() + ORIGINAL_PR_SMOOTHING))
+  mean_precision, mean_recall = np.mean(precision, axis=0), np.mean(recall, axis=0)
+  f_measure = ((1 + F_BETA_SQUARED) * mean_precision * mean_recall
+               / (F_BETA_SQUARED * mean_precision + mean_recall + ORIGINAL_F_SMOOTHING))
+  return dict(precision=float(mean_precision.mean()), recall=float(mean_recall.mean()), max_f=float(f_measure.max()))
+
+
+def original_msrfnet_scores(probabilities: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+  """The MSRF-Net row: prediction = probability >= 0.5, then
+    dice       per-image 2 |P & T| / (|P| + |T|), where an empty prediction of an empty mask scores 1, averaged;
+    iou        one global (intersection + 1e-15) / (union + 1e-15) over every pixel of the split;
+    precision, recall   global TP / (TP + FP) and TP / (TP + FN) (NaN where the denominator is 0, as there).
+  """
+  predicted = np.asarray(probabilities) >= 0.5
+  truth = np.asarray(masks) >= 0.5
+  intersection = np.sum(predicted & truth, axis=(1, 2), dtype=np.float64)
+  sizes = np.sum(predicted, axis=(1, 2), dtype=np.float64) + np.sum(truth, axis=(1, 2), dtype=np.float64)
+  dice = np.where(sizes > 0, 2 * intersection / np.where(sizes > 0, sizes, 1), 1.0)
+  true_positives = intersection.sum()
+  union = sizes.sum() - true_positives
+  with np.errstate(invalid="ignore", divide="ignore"):
+    precision = true_positives / np.float64(predicted.sum())
+    recall = true_positives / np.float64(truth.sum())
+  return dict(dice=float(dice.mean()),
+              iou=float((true_positives + ORIGINAL_IOU_SMOOTHING) / (union + ORIGINAL_IOU_SMOOTHING)),
+              precision=float(precision), recall=float(recall))

@@ -3,6 +3,7 @@
   python -m lensjax.simulate --n 20000 --out data/sim              # SimConfig defaults, seed 0
   python -m lensjax.simulate --n 1000 --out /tmp/s --noise gaussian --size 64 --seed 3
   python -m lensjax.simulate --n 100 --out /tmp/s --config.sim.field_galaxies_mean=5   # any SimConfig field
+  python -m lensjax.simulate --n 1000 --out /tmp/hard --source irregular --crowded --noise jwst   # harder set
 
 Files in --out:
   images.npy   (N, H, W, 3) float32: observed, lens light, lensed arcs (counts per pixel)
@@ -33,7 +34,7 @@ from lensjax import config as cfg
 
 OUTPUT_FILES = ("images.npy", "masks.npy", "params.csv", "sim_config.json")
 _NAMED_OPTIONS = dict(image_size="--size", pixel_scale="--pixel-scale", noise="--noise",
-                      lens_fraction="--lens-fraction")
+                      lens_fraction="--lens-fraction", source_model="--source", crowd_galaxies_mean="--crowded")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,8 +46,15 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--seed", type=int, default=0, help="dataset seed in [0, 2^32) (default 0)")
   parser.add_argument("--size", type=int, help="stamp size in pixels (default: SimConfig.image_size, 125)")
   parser.add_argument("--pixel-scale", type=float, help="arcsec per pixel (default: SimConfig, 0.031)")
-  parser.add_argument("--noise", choices=("none", "gaussian", "poisson"), help="noise model (default: none)")
+  parser.add_argument("--noise", choices=("none", "gaussian", "poisson", "jwst"),
+                      help="noise model (default: none); jwst: poisson with a deep F115W exposure and sky "
+                           "(lensjax.sim.instrument.JWST_F115W_DEEP)")
   parser.add_argument("--lens-fraction", type=float, help="fraction of lenses (default: SimConfig, 0.5)")
+  parser.add_argument("--source", choices=("sersic", "irregular"),
+                      help="source morphology: Sersic + clumps (default) or irregular (twisted spiral body, knots)")
+  parser.add_argument("--crowded", action="store_true",
+                      help="crowded field: JADES-like density of extra faint field galaxies "
+                           "(config.sim.crowd_galaxies_mean=10)")
   parser.add_argument("--chunk", type=int, default=1024, help="images rendered and written per step (> 0)")
   parser.add_argument("--force", action="store_true", help="overwrite an existing dataset in --out")
   return parser
@@ -56,8 +64,13 @@ def sim_config_from_args(args: argparse.Namespace, overrides: list[str]) -> cfg.
   """SimConfig defaults, then the named options, then --config.sim.* overrides (any other section is refused);
   a value out of range is a ConfigError naming the field and its option."""
   config = cfg.Config()
+  from lensjax.sim.instrument import JWST_F115W_DEEP
+  from lensjax.sim.scenes import CROWDED_FIELD_GALAXIES
   named = dict(image_size=args.size, pixel_scale=args.pixel_scale, noise=args.noise,
-               lens_fraction=args.lens_fraction)
+               lens_fraction=args.lens_fraction, source_model=args.source,
+               crowd_galaxies_mean=CROWDED_FIELD_GALAXIES if args.crowded else None)
+  if args.noise == "jwst":
+    named.update(JWST_F115W_DEEP)
   config.sim = dataclasses.replace(config.sim, **{k: v for k, v in named.items() if v is not None})
   try:
     cfg.parse_overrides(config, overrides, sections=("sim",))

@@ -4,7 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lensjax.data import transforms
+from lensjax import config as cfg
+from lensjax.data import sources, transforms
 
 
 def _blob_image(size=20, channels=1, seed=0):
@@ -82,6 +83,88 @@ def test_arc_boost_is_applied_once_and_leaves_its_input_alone():
   assert once.max() <= 1.0
 
 
+def _original_normalize_reference(channel):
+  """The original's normalisation as written: x / p99 -> (x - min) * 255 / max -> clip at the recomputed p99."""
+  scaled = channel.astype(np.float64) / np.percentile(channel.astype(np.float64), 99)
+  scaled = (scaled - scaled.min()) * 255 / scaled.max()
+  return np.clip(scaled, 0, np.percentile(scaled, 99))
+
+
+def _original_boost_reference(channel, factor):
+  """The original's boost as written: > p95 times factor, > recomputed p99 divided by it, capped at 255."""
+  boosted = np.where(channel > np.percentile(channel, 95), channel * factor, channel)
+  boosted = np.where(boosted > np.percentile(boosted, 99), boosted / factor, boosted)
+  return np.minimum(boosted, 255)
+
+
+def _lens_like_images(seed, count=4, size=31, channels=1):
+  """Random float32 (size, size, channels) stamps: a bright core, a fainter ring, noise with negatives."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[0:size, 0:size] - size // 2
+  radius = np.hypot(yy, xx)[..., None]
+  for _ in range(count):
+    core = rng.uniform(1e3, 1e5) * np.exp(-radius / rng.uniform(1, 3))
+    ring = rng.uniform(10, 300) * np.exp(-((radius - rng.uniform(5, 10)) ** 2))
+    noise = rng.normal(0, rng.uniform(0, 5), (size, size, channels))
+    yield (core + ring + noise).astype(np.float32)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_original_normalisation_and_boost_are_the_written_formulas_bit_for_bit(channels):
+  for image in _lens_like_images(seed=channels, channels=channels):
+    normalised = transforms.original_normalize(image)
+    boosted = transforms.original_arc_boost(normalised, 10.0)
+    for c in range(channels):
+      np.testing.assert_array_equal(normalised[..., c], _original_normalize_reference(image[..., c]))
+      np.testing.assert_array_equal(boosted[..., c], _original_boost_reference(normalised[..., c], 10.0))
+    assert normalised.min() == 0.0 and normalised.max() <= 255.0 and boosted.max() <= 255.0
+    # No overall division: the top 5 % is brighter than before or back where it was (x 10 / 10, to 1 ulp), the
+    # rest untouched.
+    band = normalised > np.percentile(normalised, 95, axis=(0, 1))
+    assert (boosted[band] >= normalised[band] * (1 - 1e-15)).all() and (boosted[band] > normalised[band]).any()
+    np.testing.assert_array_equal(boosted[~band], normalised[~band])
+
+
+def test_original_normalisation_ignores_a_positive_scale_and_clips_at_its_own_99th_percentile():
+  image = next(_lens_like_images(seed=7))
+  out = transforms.original_normalize(image)
+  np.testing.assert_allclose(transforms.original_normalize(image * np.float32(37.5)), out, rtol=1e-6, atol=1e-4)
+  # Clipped at p99 of the rescaled image, whose full scale 255 is the maximum: 1 % of the pixels sit at the top.
+  assert np.isclose(out.max(), np.percentile(255 * (image - image.min()) / image.max(), 99), rtol=1e-5)
+  assert (out == out.max()).sum() >= 0.01 * image.size - 1
+
+
+@pytest.mark.parametrize("image", [np.zeros((9, 9, 1)), np.full((9, 9, 1), 5.0), np.full((9, 9, 1), -2.0)],
+                         ids=["zeros", "constant", "negative"])
+def test_original_normalisation_of_a_constant_image_is_zero_and_the_boost_leaves_it_alone(image):
+  out = transforms.original_normalize(image.astype(np.float32))
+  np.testing.assert_array_equal(out, np.zeros_like(out))
+  np.testing.assert_array_equal(transforms.original_arc_boost(out, 10.0), out)
+
+
+def test_original_normalisation_of_a_mostly_empty_image_skips_the_division_by_its_99th_percentile():
+  sparse = np.linspace(-1.0, 0.0, 400, dtype=np.float32).reshape(20, 20, 1)
+  sparse[0, :3, 0] = [7.0, 2.0, 1.0]   # p99 < 0: the original divided by a negative number here
+  assert np.percentile(sparse, 99) < 0
+  out = transforms.original_normalize(sparse)
+  assert np.isfinite(out).all()
+  rescaled = (sparse[..., 0].astype(np.float64) - sparse.min()) * 255 / 7.0
+  np.testing.assert_array_equal(out[..., 0], np.clip(rescaled, 0, np.percentile(rescaled, 99)))
+  assert out.max() > 0
+
+
+def test_the_original_preprocessing_boosts_the_padded_stamp_and_ends_in_display_units():
+  image = next(_lens_like_images(seed=3, size=125))
+  preprocess = transforms.Preprocessor(normalize="original", arc_boost=10.0, pad_to=128, input_scaling="unit")
+  out = preprocess({"image": image})["image"]
+  padded = np.zeros((128, 128))
+  padded[1:126, 1:126] = _original_normalize_reference(image[..., 0])
+  expected = _original_boost_reference(padded, 10.0).astype(np.float32) / np.float32(255)
+  np.testing.assert_array_equal(out[..., 0], expected)
+  unboosted = transforms.Preprocessor(normalize="original", pad_to=128, input_scaling="unit")({"image": image})
+  np.testing.assert_array_equal(unboosted["image"][..., 0], padded.astype(np.float32) / np.float32(255))
+
+
 def test_canny_is_opencv_on_the_truncated_uint8_image_with_thresholds_10_and_1000():
   image = _blob_image(size=32)
   image[8:20, 8:20] = 1.0                         # a sharp square: strong edges
@@ -140,3 +223,13 @@ def test_preprocessor_output_size_follows_resize_pad_and_crop():
   assert transforms.Preprocessor(pad_to=128).output_size(125, 125) == (128, 128)
   assert transforms.Preprocessor(resize_to=256, pad_to=128).output_size(512, 512) == (256, 256)
   assert transforms.Preprocessor(pad_to=128, crop_size=96).output_size(125, 125) == (96, 96)
+
+
+def test_the_config_selects_the_original_preprocessing():
+  config = cfg.Config()
+  cfg.parse_overrides(config, ["--config.data.normalize=original", "--config.data.arc_boost=10",
+                               "--config.data.pad_to=0", "--config.data.input_scaling=unit"])
+  image = next(_lens_like_images(seed=11))
+  out = sources.make_preprocessor(config, with_edge=False)({"image": image})["image"]
+  expected = _original_boost_reference(_original_normalize_reference(image[..., 0]), 10.0)
+  np.testing.assert_array_equal(out[..., 0], expected.astype(np.float32) / np.float32(255))

@@ -240,6 +240,8 @@ def test_noise_and_instrument_options(overrides):
     (dict(mask_rule="otsu"), "config.sim.mask_rule must be one of"),
     (dict(moffat_beta=1.0), "moffat_beta must lie in"),
     (dict(psf_fwhm=2.0, psf_truncation=5.0), "gives a 53-pixel PSF radius; at most 32 pixels"),
+    (dict(source_model="vela"), "config.sim.source_model must be one of 'sersic', 'irregular'; got 'vela'"),
+    (dict(crowd_galaxies_mean=-2.0), r"config.sim.crowd_galaxies_mean must lie in \[0, 200\]"),
 ])
 def test_bad_configs_raise_value_errors_naming_the_field(overrides, message):
   with pytest.raises(ValueError, match=message):

@@ -11,7 +11,7 @@ import pytest
 
 from lensjax import simulate
 from lensjax.config import SimConfig
-from lensjax.sim import PARAM_KEYS, Simulator, masks
+from lensjax.sim import PARAM_KEYS, Simulator, masks, noise_model
 
 ARGS = ["--size", "24", "--pixel-scale", "0.1", "--seed", "3", "--lens-fraction", "0.6",
         "--config.sim.render_chunk=4"]
@@ -55,6 +55,21 @@ def test_files_hold_the_simulators_images_and_the_numpy_mask_rule(dataset):
   assert non_lenses and mask_array[non_lenses, ..., 1].sum() == 0 and images[non_lenses, ..., 2].max() == 0
 
 
+def test_the_harder_set_options_set_the_source_model_and_the_crowded_field(tmp_path):
+  out = tmp_path / "hard"
+  assert simulate.main(["--n", "4", "--out", str(out), "--source", "irregular", "--crowded", "--noise", "jwst"]
+                       + ARGS) == 0
+  saved = json.loads((out / "sim_config.json").read_text())["sim"]
+  assert saved["source_model"] == "irregular" and saved["crowd_galaxies_mean"] == 10.0
+  assert saved["noise"] == "poisson" and saved["sky_brightness"] == 22.5 and saved["num_exposures"] == 10
+  expected = Simulator(SimConfig(**saved), seed=3).render(np.arange(4))
+  np.testing.assert_array_equal(np.load(out / "images.npy")[..., 0], expected["observed"])
+  # A deep F115W background in NIRCam's 0.031" pixels: about 0.9 counts, sky and read noise of similar size.
+  noise = noise_model(SimConfig(**{**saved, "pixel_scale": 0.031}))
+  assert 0.8 < noise.background_sigma < 1.0
+  assert 0.3 < noise.sky_electrons / noise.read_noise_electrons**2 < 1.0
+
+
 def test_refuses_to_overwrite_without_force(dataset, capsys):
   before = (dataset / "images.npy").stat().st_mtime_ns
   with pytest.raises(SystemExit) as exit_info:
@@ -74,6 +89,8 @@ def test_refuses_to_overwrite_without_force(dataset, capsys):
     (["--n", "2", "--lens-fraction", "1.2"], r"lens_fraction \(option --lens-fraction\) must lie in \[0, 1\]"),
     (["--n", "2", "--seed", "-1"], r"--seed must lie in \[0, 2\^32\)"),
     (["--n", "2", "--config.sim.psf=airy"], "expected one of 'none', 'gaussian', 'moffat'"),
+    (["--n", "2", "--source", "vela"], "argument --source: invalid choice: 'vela'"),
+    (["--n", "2", "--config.sim.crowd_galaxies_mean=-1"], r"crowd_galaxies_mean \(option --crowded\) must lie in"),
     (["--n", "2", "--config.train.batch_size=3"], r"only --config.sim.\* can be changed here"),
     (["--n", "2", "--nosie", "gaussian"], "unrecognized arguments: --nosie"),
 ])

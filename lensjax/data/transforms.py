@@ -5,6 +5,8 @@ Arrays are channels-last: images (H, W, C) float32, masks (H, W, K) float32 in {
 `Preprocessor` applies the steps a `DataConfig` asks for, in this order:
   normalize -> arc_boost -> resize -> pad -> augment (train) -> crop -> channels -> Canny edge -> input scaling.
 Normalised images are in "display units": [0, 1], where 1 is the full scale the Canny map is computed from.
+The `original` normalisation works in the original project's 0-255 units up to and including its arc boost,
+which (as there) runs after the padding, and then divides by 255 into display units.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ CANNY_HIGH_THRESHOLD = 1000
 # percentile (the saturated lens core) is divided back.
 ARC_BOOST_BAND_PERCENTILE = 95.0
 ARC_BOOST_CORE_PERCENTILE = 99.0
+# The original's 8-bit full scale: its normalisation maps images to [0, 255] and its boost clips there.
+ORIGINAL_FULL_SCALE = 255.0
+# The original's normalisation divides by, and clips at, the 99th percentile of each image.
+ORIGINAL_NORMALIZE_PERCENTILE = 99.0
 # ITU-R 601 luma, as PIL's convert('L').
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 # Standard deviations below this are treated as a constant image by `scale_input('standardize')`.
@@ -31,8 +37,8 @@ _MIN_STD = 1e-6
 def percentile_normalize(image: np.ndarray, percentile: float) -> np.ndarray:
   """Divides each channel of (H, W, C) `image` by its `percentile` percentile and clips to [0, 1].
 
-  This is the original project's per-image `x / p99(x)` followed by its clipping at the p99 level. A channel
-  whose percentile is not positive (mostly empty) is divided by its maximum instead; an all-zero or negative
+  A [0, 1] cousin of the original's normalisation (`original_normalize` is the original's own function). A
+  channel whose percentile is not positive (mostly empty) is divided by its maximum instead; an all-zero or negative
   channel becomes 0.
   """
   out = np.empty(image.shape, np.float32)
@@ -68,6 +74,53 @@ def arc_boost(image: np.ndarray, factor: float) -> np.ndarray:
     channel[channel > np.percentile(channel, ARC_BOOST_CORE_PERCENTILE)] /= factor
     channel /= factor
   return out
+
+
+def original_normalize(image: np.ndarray) -> np.ndarray:
+  """The original project's normalisation of (H, W, C) `image`, per channel, in float64 0-255 units.
+
+  In the original's order: y = x / p99(x); y = (y - min y) * 255 / max y; y = clip(y, 0, p99(y)), where the
+  last 99th percentile is recomputed on the rescaled y (numpy's linear interpolation throughout). The full
+  scale is the image maximum, so a bright core squeezes the rest into [0, 255 (p99 - min) / max]. The first
+  division only changes rounding (the second step undoes any positive scale); where p99(x) <= 0 (a mostly
+  empty channel, where the original divided by zero) it is skipped, and a channel with max <= 0 (all zeros,
+  or negative) becomes 0, as does a constant one.
+  """
+  out = np.empty(image.shape, np.float64)
+  for c in range(image.shape[-1]):
+    channel = image[..., c].astype(np.float64)
+    level = np.percentile(channel, ORIGINAL_NORMALIZE_PERCENTILE)
+    if level > 0:
+      channel = channel / level
+    peak = channel.max()
+    if peak <= 0:
+      out[..., c] = 0.0
+      continue
+    channel = ((channel - channel.min()) * ORIGINAL_FULL_SCALE) / peak
+    out[..., c] = np.clip(channel, 0, np.percentile(channel, ORIGINAL_NORMALIZE_PERCENTILE))
+  return out
+
+
+def original_arc_boost(image: np.ndarray, factor: float) -> np.ndarray:
+  """The original's arc boost of an (H, W, C) image in 0-255 units (`original_normalize`), per channel, float64.
+
+  Pixels above the channel's 95th percentile are multiplied by `factor`, then pixels above the 99th percentile
+  of that result divided by it, then values above 255 set to 255. Unlike `arc_boost` there is no overall
+  division by `factor`: the 95-99 % band comes out up to `factor` times brighter in absolute units. Applied
+  once, on a copy (the original's in-place edit compounded it every epoch).
+  """
+  out = image.astype(np.float64, copy=True)
+  for c in range(out.shape[-1]):
+    channel = out[..., c]
+    channel[channel > np.percentile(channel, ARC_BOOST_BAND_PERCENTILE)] *= factor
+    channel[channel > np.percentile(channel, ARC_BOOST_CORE_PERCENTILE)] /= factor
+    channel[channel > ORIGINAL_FULL_SCALE] = ORIGINAL_FULL_SCALE
+  return out
+
+
+def from_original_units(image: np.ndarray) -> np.ndarray:
+  """0-255 units -> float32 display units, as the original: the float32 cast first, then the division by 255."""
+  return image.astype(np.float32) / np.float32(ORIGINAL_FULL_SCALE)
 
 
 def resize(array: np.ndarray, size: int, *, nearest: bool) -> np.ndarray:
@@ -165,9 +218,10 @@ class Preprocessor:
   The output `image` is (S, S, input_channels) float32; `mask` (S, S, K); if `with_edge`, `edge` (S, S, 1) the
   Canny map of the image and `mask_edge` (S, S, K) those of the masks.
   """
-  normalize: str = "percentile"      # 'percentile', 'minmax' or 'none' ('auto' is resolved by the caller)
-  normalize_percentile: float = 99.0
-  arc_boost: float = 1.0
+  normalize: str = "percentile"      # 'percentile', 'original', 'minmax' or 'none' ('auto' is resolved by the
+                                     # caller)
+  normalize_percentile: float = 99.0   # 'percentile' only
+  arc_boost: float = 1.0             # `arc_boost`; with normalize='original', `original_arc_boost` after padding
   resize_to: int = 0
   pad_to: int = 0
   crop_size: int = 0
@@ -189,11 +243,14 @@ class Preprocessor:
   def __call__(self, example: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
     """Preprocesses one raw example; `rng` draws the augmentation and the crop (None: none, central crop)."""
     image = np.asarray(example["image"], np.float32)
-    if self.normalize == "percentile":
+    original_units = self.normalize == "original"
+    if original_units:
+      image = original_normalize(image)
+    elif self.normalize == "percentile":
       image = percentile_normalize(image, self.normalize_percentile)
     elif self.normalize == "minmax":
       image = minmax_normalize(image)
-    if self.arc_boost != 1.0:
+    if self.arc_boost != 1.0 and not original_units:
       image = arc_boost(image, self.arc_boost)
     spatial = {"image": image}
     if "mask" in example:
@@ -202,6 +259,9 @@ class Preprocessor:
       spatial = {name: resize(a, self.resize_to, nearest=name == "mask") for name, a in spatial.items()}
     if self.pad_to:
       spatial = {name: pad(a, self.pad_to) for name, a in spatial.items()}
+    if original_units:   # the original boosted the padded stamp, so its percentiles count the padding
+      boosted = original_arc_boost(spatial["image"], self.arc_boost) if self.arc_boost != 1.0 else spatial["image"]
+      spatial["image"] = from_original_units(boosted)
     if rng is not None and self.augment != "none":
       spatial = self._augment(spatial, rng)
     if self.crop_size:

@@ -2,7 +2,8 @@
 
   profiles    SIE, external shear, elliptical Sersic and Gaussian light, ellipticity conventions
   instrument  pixel grid and supersampling, Gaussian and Moffat PSF, noise model
-  scenes      priors, scene sampling, rendering one scene, conversion to lenstronomy kwargs
+  scenes      priors, scene sampling, rendering one scene, conversion to lenstronomy kwargs, crowded fields
+  irregular   procedural irregular sources: twisted, spiral-perturbed Sersic bodies with knots and companions
   masks       the lens/arc mask rules, for numpy arrays and inside jit
   simulator   `Simulator(config, seed).render(indices)`: images, masks and parameters by index
 
@@ -17,9 +18,9 @@ Typical use:
 The command line `python -m lensjax.simulate --n N --out DIR` writes a dataset in the original format.
 """
 
-from lensjax.sim import instrument, masks, profiles, scenes
+from lensjax.sim import instrument, irregular, masks, profiles, scenes
 from lensjax.sim.profiles import sersic_ellipse, shear_deflection, sie_deflection
 from lensjax.sim.simulator import PARAM_KEYS, Simulator, check_config, mask_rule, noise_model
 
-__all__ = ["PARAM_KEYS", "Simulator", "check_config", "instrument", "mask_rule", "masks", "noise_model",
-           "profiles", "scenes", "sersic_ellipse", "shear_deflection", "sie_deflection"]
+__all__ = ["PARAM_KEYS", "Simulator", "check_config", "instrument", "irregular", "mask_rule", "masks",
+           "noise_model", "profiles", "scenes", "sersic_ellipse", "shear_deflection", "sie_deflection"]

@@ -18,6 +18,14 @@ import numpy as np
 
 FWHM_PER_SIGMA = 2 * math.sqrt(2 * math.log(2))
 
+# `SimConfig` noise fields of a deep JWST NIRCam F115W image (`python -m lensjax.simulate --noise jwst`):
+# exact Poisson noise, 10 exposures of 1,000 s (the 10 ks depth of the original's parent survey forecast),
+# the sky of a low-zodiacal field, about 0.15 MJy/sr = 22.5 AB mag/arcsec^2 (0.15 electrons/s per 0.031"
+# pixel; SimConfig's default 30.96 mag/arcsec^2 is lenstronomy's provisional value, ~8 mag fainter), and
+# lenstronomy's F115W zero point and read noise. Background sigma: about 0.9 counts per pixel.
+JWST_F115W_DEEP = dict(noise="poisson", exposure_time=1000.0, num_exposures=10, read_noise=15.77,
+                       sky_brightness=22.5, magnitude_zero_point=28.02)
+
 
 def pixel_centres(num_pixels: int, pixel_scale: float, supersampling: int = 1) -> np.ndarray:
   """1-D coordinates (arcsec, float32) of the num_pixels * supersampling sub-pixel centres along one axis.

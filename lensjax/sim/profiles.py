@@ -163,16 +163,31 @@ def sersic_ellipse(x: ArrayLike, y: ArrayLike, amp: ArrayLike, R_sersic: ArrayLi
   _check_range("Sersic R_sersic", R_sersic, 0.0, np.inf)
   _check_range("Sersic n_sersic", n_sersic, 0.2, 10.0)
   check_ellipticity("Sersic", e1, e2)
+  x_scaled, y_scaled, radius_ratio_squared = sersic_scaled_coordinates(
+      jnp.asarray(x) - center_x, jnp.asarray(y) - center_y, R_sersic, e1, e2)
+  return sersic_of_radius(radius_ratio_squared, amp, n_sersic)
+
+
+def sersic_scaled_coordinates(dx: ArrayLike, dy: ArrayLike, R_sersic: ArrayLike, e1: ArrayLike,
+                              e2: ArrayLike) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Offsets (dx, dy) from a Sersic's centre (arcsec) -> its circularised frame, in units of R_sersic.
+
+  Returns (x_s, y_s, R^2 / R_sersic^2): the isophotes are the circles x_s^2 + y_s^2 = const, and the map is
+  linear with determinant 1 / R_sersic^2 (areas scale by a constant). R is floored as in `sersic_ellipse`.
+  """
   R_sersic = jnp.maximum(jnp.asarray(R_sersic), SERSIC_MIN_RADIUS)
   e1, e2 = jnp.asarray(e1), jnp.asarray(e2)
   inverse_nu = 1 / jnp.sqrt(jnp.maximum(jnp.abs(1 - e1 * e1 - e2 * e2), 1e-6))
   scale = inverse_nu / R_sersic
-  dx = jnp.asarray(x) - center_x
-  dy = jnp.asarray(y) - center_y
   x_scaled = ((1 - e1) * scale) * dx - (e2 * scale) * dy
   y_scaled = (1 + e1) * scale * dy - (e2 * scale) * dx
   radius_ratio_squared = jnp.maximum(x_scaled * x_scaled + y_scaled * y_scaled,
                                      (SERSIC_MIN_RADIUS / R_sersic) ** 2)
+  return x_scaled, y_scaled, radius_ratio_squared
+
+
+def sersic_of_radius(radius_ratio_squared: jax.Array, amp: ArrayLike, n_sersic: ArrayLike) -> jax.Array:
+  """The Sersic law amp exp(-b_n ((R / R_sersic)^(1/n) - 1)) of (R / R_sersic)^2, with `fastmath` in base 2."""
   b_n_log2e = sersic_b_n(n_sersic) * (1 / math.log(2))
   power = fastmath.exp2(fastmath.log2(radius_ratio_squared) * (0.5 / n_sersic))
   return amp * fastmath.exp2(b_n_log2e - b_n_log2e * power)

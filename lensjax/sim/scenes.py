@@ -16,6 +16,11 @@ Priors (docs/simulator.md; every range is a `SimConfig` field):
   non-lenses  (a fraction 1 - lens_fraction) theta_E = 0 and zero source flux: no arc light at all.
   field       Poisson(field_galaxies_mean) Sersics (capped at field_galaxies_max) uniform over the stamp,
               in the observed channel only.
+Options (each draws from its own key, so the rest of a scene is the same with the option on or off):
+  source_model='irregular'   the source's Sersic becomes a twisted, spiral-perturbed body with knots and
+                             sometimes a companion (`lensjax.sim.irregular`); same flux, same lens.
+  crowd_galaxies_mean > 0    a crowded field: Poisson(crowd_galaxies_mean) more, mostly faint, field galaxies
+                             (CROWD_* priors; CROWDED_FIELD_GALAXIES is a deep-field density), observed only.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lensjax.config import SimConfig
-from lensjax.sim import instrument, profiles
+from lensjax.sim import instrument, irregular, profiles
 
 # Keys of the per-image scalars of a scene; the slot arrays are CLUMP_KEYS and FIELD_KEYS.
 SCENE_SCALAR_KEYS = (
@@ -40,6 +45,17 @@ CLUMP_KEYS = ("clump_x", "clump_y", "clump_sigma", "clump_flux")
 FIELD_KEYS = ("field_x", "field_y", "field_e1", "field_e2", "field_R_sersic", "field_n_sersic", "field_amp",
               "field_flux")
 FIELD_E_MAX = 0.3   # cap on |e| of field galaxies
+# Crowded fields (`SimConfig.crowd_galaxies_mean`): the extra galaxies are fainter and smaller than the default
+# field galaxies, like the bulk of a deep-field galaxy population. A 125 x 0.031" stamp covers 15 arcsec^2;
+# CROWDED_FIELD_GALAXIES in it is about 0.65 galaxies per arcsec^2 (2,400 per arcmin^2), the density of a
+# JADES-like mock catalogue counted down to galaxies far below the detection limit.
+CROWDED_FIELD_GALAXIES = 10.0
+CROWD_KEYS = ("crowd_x", "crowd_y", "crowd_e1", "crowd_e2", "crowd_R_sersic", "crowd_n_sersic", "crowd_amp",
+              "crowd_flux")
+CROWD_R_SERSIC = (0.03, 0.25)      # arcsec, uniform
+CROWD_N_SERSIC = (1.0, 4.0)        # uniform
+CROWD_E_SIGMA = 0.15               # e1, e2 ~ N(0, this) each, |e| capped at FIELD_E_MAX
+CROWD_LOG10_FLUX = (2.3, 0.7)      # log10(counts) ~ N(mean, sigma): AB 27.7 +- 1.8 mag
 
 
 def _uniform(u: jax.Array, low: float, high: float) -> jax.Array:
@@ -82,8 +98,41 @@ class _Draws:
 
 
 def draws_per_scene(config: SimConfig) -> int:
-  """How many uniform draws `sample_scene` uses: 22 + 4 per clump slot + 1 + 7 per field-galaxy slot."""
-  return 22 + 4 * config.clumps_max + 1 + 7 * config.field_galaxies_max
+  """How many uniform draws `sample_scene` uses: 22 + 4 per clump slot + 1 + 7 per field-galaxy slot.
+
+  The options draw from keys of their own (`irregular.DRAWS`, and `_field_draws(crowd_slots(config))`).
+  """
+  return 22 + 4 * config.clumps_max + _field_draws(config.field_galaxies_max)
+
+
+def _field_draws(slots: int) -> int:
+  return 1 + 7 * slots
+
+
+def crowd_slots(config: SimConfig) -> int:
+  """Slots for the crowded field's galaxies: the Poisson mean + 6 standard deviations (0 when off)."""
+  mean = config.crowd_galaxies_mean
+  return math.ceil(mean + 6 * math.sqrt(mean)) + 1 if mean > 0 else 0
+
+
+def _sample_galaxies(draws: _Draws, mean: float, slots: int, R_sersic: tuple[float, float],
+                     n_sersic: tuple[float, float], e_sigma: float, log10_flux: tuple[float, float],
+                     half_width: float) -> dict[str, jax.Array]:
+  """A capped Poisson(mean) number of Sersics uniform over the stamp, in `slots` slots (the first ones used).
+
+  Returns 'count' and (slots,) arrays 'x', 'y', 'e1', 'e2', 'R_sersic', 'n_sersic', 'amp', 'flux'.
+  """
+  count_draw = draws.uniform(1)[0]
+  count = jnp.sum(count_draw > _poisson_capped_cdf(mean, slots)).astype(jnp.float32)
+  u = draws.uniform(4, slots)
+  g = draws.normal(3, slots)
+  e1, e2 = _cap_modulus(e_sigma * g[0], e_sigma * g[1], FIELD_E_MAX)
+  radius = _uniform(u[2], *R_sersic)
+  index = _uniform(u[3], *n_sersic)
+  flux = jnp.where(jnp.arange(slots) < count, 10.0 ** (log10_flux[0] + log10_flux[1] * g[2]), 0.0)
+  return dict(count=count, x=_uniform(u[0], -half_width, half_width), y=_uniform(u[1], -half_width, half_width),
+              e1=e1, e2=e2, R_sersic=radius, n_sersic=index,
+              amp=flux / profiles.sersic_total_flux_per_amp(radius, index), flux=flux)
 
 
 def sample_scene(key: jax.Array, config: SimConfig) -> dict[str, jax.Array]:
@@ -148,24 +197,23 @@ def sample_scene(key: jax.Array, config: SimConfig) -> dict[str, jax.Array]:
       clump_flux=clump_share * source_flux * weights / jnp.maximum(weights.sum(), 1e-12))
 
   # Field galaxies: capped Poisson count, uniform over the stamp.
-  slots = c.field_galaxies_max
-  count_draw = draws.uniform(1)[0]
-  n_field = jnp.sum(count_draw > _poisson_capped_cdf(c.field_galaxies_mean, c.field_galaxies_max)).astype(
-      jnp.float32)
-  u = draws.uniform(4, slots)
-  g = draws.normal(3, slots)
   half_width = 0.5 * c.image_size * c.pixel_scale
-  field_e1, field_e2 = _cap_modulus(c.field_e_sigma * g[0], c.field_e_sigma * g[1], FIELD_E_MAX)
-  field_R = _uniform(u[2], c.field_R_sersic_min, c.field_R_sersic_max)
-  field_n = _uniform(u[3], c.field_n_sersic_min, c.field_n_sersic_max)
-  field_flux = jnp.where(jnp.arange(slots) < n_field,
-                         10.0 ** (c.field_log10_flux_mean + c.field_log10_flux_sigma * g[2]), 0.0)
-  scene.update(
-      n_field_galaxies=n_field,
-      field_x=_uniform(u[0], -half_width, half_width), field_y=_uniform(u[1], -half_width, half_width),
-      field_e1=field_e1, field_e2=field_e2, field_R_sersic=field_R, field_n_sersic=field_n,
-      field_amp=field_flux / profiles.sersic_total_flux_per_amp(field_R, field_n), field_flux=field_flux)
+  field = _sample_galaxies(draws, c.field_galaxies_mean, c.field_galaxies_max,
+                           (c.field_R_sersic_min, c.field_R_sersic_max), (c.field_n_sersic_min, c.field_n_sersic_max),
+                           c.field_e_sigma, (c.field_log10_flux_mean, c.field_log10_flux_sigma), half_width)
+  scene["n_field_galaxies"] = field.pop("count")
+  scene.update({f"field_{name}": value for name, value in field.items()})
   assert draws.used == draws_per_scene(c), "draws_per_scene is out of step with sample_scene"
+
+  if c.source_model == "irregular":
+    source_draws = _Draws(jax.random.fold_in(key, 1), irregular.DRAWS)
+    scene.update(irregular.sample(source_draws, scene))
+  if c.crowd_galaxies_mean > 0:
+    slots = crowd_slots(c)
+    crowd = _sample_galaxies(_Draws(jax.random.fold_in(key, 2), _field_draws(slots)), c.crowd_galaxies_mean,
+                             slots, CROWD_R_SERSIC, CROWD_N_SERSIC, CROWD_E_SIGMA, CROWD_LOG10_FLUX, half_width)
+    scene["n_crowd_galaxies"] = crowd.pop("count")
+    scene.update({f"crowd_{name}": value for name, value in crowd.items()})
   return {name: value.astype(jnp.float32) for name, value in scene.items()}
 
 
@@ -236,23 +284,40 @@ def surface_brightness(scene: dict[str, jax.Array], optics: Optics) -> jax.Array
                                                  s["lens_center_x"], s["lens_center_y"])
     # Materialised once: otherwise XLA recomputes the deflection inside each of the source's profiles.
     beta_x, beta_y = jax.lax.optimization_barrier((x - sie_x - shear_x, y - sie_y - shear_y))
-    source_light = profiles.sersic_ellipse(beta_x, beta_y, s["source_amp"], s["source_R_sersic"],
-                                           s["source_n_sersic"], s["source_e1"], s["source_e2"],
-                                           s["source_x"], s["source_y"])
-
-    def clump(k):
-      return profiles.gaussian(beta_x, beta_y, s["clump_flux"][k], s["clump_sigma"][k], s["clump_x"][k],
-                               s["clump_y"][k])
-
-    return source_light + _sum_over_active_slots(clump, s["n_clumps"].astype(jnp.int32),
-                                                 s["clump_flux"].shape[-1], source_light)
+    return source_surface_brightness(s, beta_x, beta_y)
 
   field_light = _sum_over_active_slots(
       lambda k: profiles.sersic_ellipse(x, y, s["field_amp"][k], s["field_R_sersic"][k], s["field_n_sersic"][k],
                                         s["field_e1"][k], s["field_e2"][k], s["field_x"][k], s["field_y"][k]),
       s["n_field_galaxies"].astype(jnp.int32), s["field_amp"].shape[-1], lens_light)
+  if "crowd_flux" in s:
+    field_light = field_light + _sum_over_active_slots(
+        lambda k: profiles.sersic_ellipse(x, y, s["crowd_amp"][k], s["crowd_R_sersic"][k], s["crowd_n_sersic"][k],
+                                          s["crowd_e1"][k], s["crowd_e2"][k], s["crowd_x"][k], s["crowd_y"][k]),
+        s["n_crowd_galaxies"].astype(jnp.int32), s["crowd_amp"].shape[-1], lens_light)
   arcs = jax.lax.cond(s["is_lens"] > 0, arcs_light, lambda: jnp.zeros_like(lens_light))
   return jnp.stack([lens_light, arcs, field_light])
+
+
+def source_surface_brightness(scene: dict[str, jax.Array], beta_x: jax.Array, beta_y: jax.Array) -> jax.Array:
+  """Unlensed surface brightness (counts/arcsec^2) of one scene's source at source-plane positions (arcsec).
+
+  The Sersic (or, for an irregular source, `irregular.body_and_companion` and its knots) plus the clumps.
+  """
+  s = scene
+  if "knot_flux" in s:
+    light = irregular.body_and_companion(beta_x, beta_y, s)
+    light = light + _sum_over_active_slots(lambda k: irregular.knot(beta_x, beta_y, s, k),
+                                           s["n_knots"].astype(jnp.int32), irregular.KNOT_SLOTS, light)
+  else:
+    light = profiles.sersic_ellipse(beta_x, beta_y, s["source_amp"], s["source_R_sersic"], s["source_n_sersic"],
+                                    s["source_e1"], s["source_e2"], s["source_x"], s["source_y"])
+
+  def clump(k):
+    return profiles.gaussian(beta_x, beta_y, s["clump_flux"][k], s["clump_sigma"][k], s["clump_x"][k],
+                             s["clump_y"][k])
+
+  return light + _sum_over_active_slots(clump, s["n_clumps"].astype(jnp.int32), s["clump_flux"].shape[-1], light)
 
 
 def render_scenes(batch_scenes: dict[str, jax.Array], optics: Optics) -> dict[str, jax.Array]:
@@ -275,6 +340,8 @@ def scene_to_lenstronomy(scene: dict[str, np.ndarray],
   GAUSSIAN clumps as source; SERSIC_ELLIPSE field galaxies (unlensed, so add them as extra lens light).
   Unused slots (zero flux) are left out unless `keep_empty_slots` (then the model lists have fixed lengths).
   """
+  if "knot_flux" in scene:
+    raise ValueError("an irregular source (config.sim.source_model='irregular') has no lenstronomy equivalent")
   f = {name: np.asarray(value, dtype=np.float64) for name, value in scene.items()}
   lens = (["SIE", "SHEAR"], [
       dict(theta_E=f["theta_E"].item(), e1=f["lens_e1"].item(), e2=f["lens_e2"].item(),
@@ -294,10 +361,11 @@ def scene_to_lenstronomy(scene: dict[str, np.ndarray],
     source_kwargs.append(dict(amp=f["clump_flux"][i], sigma=f["clump_sigma"][i],
                               center_x=f["clump_x"][i], center_y=f["clump_y"][i]))
   field_models, field_kwargs = [], []
-  for i in range(len(f["field_flux"])) if keep_empty_slots else np.flatnonzero(f["field_flux"] > 0):
-    field_models.append("SERSIC_ELLIPSE")
-    field_kwargs.append(dict(amp=f["field_amp"][i], R_sersic=f["field_R_sersic"][i],
-                             n_sersic=f["field_n_sersic"][i], e1=f["field_e1"][i], e2=f["field_e2"][i],
-                             center_x=f["field_x"][i], center_y=f["field_y"][i]))
+  for prefix in ("field", "crowd") if "crowd_flux" in f else ("field",):
+    for i in range(len(f[f"{prefix}_flux"])) if keep_empty_slots else np.flatnonzero(f[f"{prefix}_flux"] > 0):
+      field_models.append("SERSIC_ELLIPSE")
+      field_kwargs.append(dict(amp=f[f"{prefix}_amp"][i], R_sersic=f[f"{prefix}_R_sersic"][i],
+                               n_sersic=f[f"{prefix}_n_sersic"][i], e1=f[f"{prefix}_e1"][i],
+                               e2=f[f"{prefix}_e2"][i], center_x=f[f"{prefix}_x"][i], center_y=f[f"{prefix}_y"][i]))
   return dict(lens=lens, lens_light=lens_light, source_light=(source_models, source_kwargs),
               field_light=(field_models, field_kwargs))

@@ -121,6 +121,8 @@ def check_config(config: SimConfig) -> None:
   _require(config, "field_e_sigma", 0, 1)
   _require(config, "field_log10_flux_mean", -10, 15)
   _require(config, "field_log10_flux_sigma", 0, 5)
+  _require_choice(config, "source_model", ("sersic", "irregular"))
+  _require(config, "crowd_galaxies_mean", 0, 200)
   _require_choice(config, "mask_rule", masks.MASK_RULES)
   _require(config, "lens_mask_percentile", 0, 100, high_open=True)
   _require(config, "arc_mask_percentile", 0, 100, high_open=True)
@@ -189,6 +191,8 @@ class _Programs:
     # Mapped, not vmapped: each image's percentile search stops at its own step count (measured 1.3x faster).
     mask_pairs = jax.lax.map(lambda pair: self.masks.apply_jnp(*pair), (lens, arcs))
     params = {name: batch_scenes[name] for name in scenes.SCENE_SCALAR_KEYS}
+    if "n_crowd_galaxies" in batch_scenes:
+      params["n_field_galaxies"] = params["n_field_galaxies"] + batch_scenes["n_crowd_galaxies"]
     params.update(self._measure(batch_scenes, lens, arcs, images["field"], mask_pairs))
     # One (B, len(PARAM_KEYS)) output instead of 30 small ones: each output buffer costs the host ~10 us.
     packed_params = jnp.stack([params[name] for name in PARAM_KEYS], axis=1)
@@ -259,9 +263,10 @@ class Simulator:
       masks: (N, H, W, 2) uint8 (lens, arcs) from the configured rule on the noiseless channels.
       params: dict of (N,) float32 arrays: the scene scalars (`scenes.SCENE_SCALAR_KEYS`: is_lens, theta_E,
         positions, ellipticities, shear, Sersic parameters, amplitudes, lens_flux and source_flux in counts,
-        n_clumps, n_field_galaxies) and measured ones: arc_flux (counts in the stamp), arc_peak (counts per
-        pixel), arc_snr (matched-filter S/N of the arcs against the configured noise model, applied or not),
-        magnification (arc_flux / source_flux, 0 for non-lenses), lens_mask_pixels, arc_mask_pixels.
+        n_clumps, n_field_galaxies with any crowded-field galaxies) and measured ones: arc_flux (counts in the
+        stamp), arc_peak (counts per pixel), arc_snr (matched-filter S/N of the arcs against the configured
+        noise model, applied or not), magnification (arc_flux / source_flux, 0 for non-lenses),
+        lens_mask_pixels, arc_mask_pixels.
     """
     indices = _check_indices(indices)
     size = self.config.image_size
