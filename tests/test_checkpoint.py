@@ -1,5 +1,6 @@
 """Checkpoints keep the newest and the best, restore exactly, skip broken steps; stop signals become a request."""
 
+import json
 import os
 import shutil
 import signal
@@ -76,7 +77,8 @@ def test_broken_newer_checkpoints_are_skipped_with_a_warning_and_set_aside(tmp_p
   with checkpoint.Checkpoints(directory, cfg.CheckpointConfig(keep=5)) as store:
     _save_steps(store, {1: None, 2: None, 3: None, 4: None})
   largest = max((p for p in (directory / "4" / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-  os.truncate(largest, largest.stat().st_size // 2)           # a file cut short
+  os.truncate(largest, largest.stat().st_size // 2)           # a file cut short ...
+  (directory / "4" / checkpoint.DIGEST_FILE).unlink()         # ... of a step saved before digests: Orbax fails
   (directory / "3" / "commit_success.txt").unlink()           # a step whose save never committed
   shutil.rmtree(directory / "2" / "meta")                     # a step missing an item
   # A save killed mid-way: Orbax's temporary directory, never renamed to its step.
@@ -95,6 +97,65 @@ def test_broken_newer_checkpoints_are_skipped_with_a_warning_and_set_aside(tmp_p
   assert not list(directory.glob("*orbax-checkpoint-tmp*"))   # removed (in the background) before a save
 
 
+def _damage(path, how):
+  """Flips 64 bytes in the middle of `path` (its size unchanged), or cuts it to half its size."""
+  size = path.stat().st_size
+  if how == "flip":
+    with open(path, "r+b") as f:
+      f.seek(size // 2 - 32)
+      block = f.read(64)
+      f.seek(size // 2 - 32)
+      f.write(bytes(b ^ 0xFF for b in block))
+    assert path.stat().st_size == size
+  else:
+    os.truncate(path, size // 2)
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_a_checkpoint_whose_array_file_changed_is_set_aside_for_the_previous_one(tmp_path, capsys, how):
+  directory = tmp_path / "run" / "checkpoints"
+  big = {"kernel": jnp.arange(64 * 256, dtype=jnp.float32).reshape(64, 256), "count": jnp.asarray(0)}
+  mesh = parallel.make_mesh()
+  target = checkpoint.abstract_state(big, parallel.state_shardings(big, mesh, fsdp=False))
+  with checkpoint.Checkpoints(directory, cfg.CheckpointConfig(keep=3)) as store:
+    iterator = _iterator()
+    for step in (10, 20):
+      store.save(step, state=jax.tree.map(lambda a: a + step, big), data_iterator=iterator,
+                 rng_key=jax.random.key(step), config=cfg.Config())
+    store.wait_until_finished()
+  arrays = directory / "20" / "state" / "ocdbt.process_0" / "d"
+  largest = max(arrays.iterdir(), key=lambda p: p.stat().st_size)
+  assert largest.stat().st_size > 4096
+  _damage(largest, how)
+  with checkpoint.Checkpoints(directory, cfg.CheckpointConfig(keep=3)) as store:
+    restored = store.restore_latest(target, _iterator())
+    assert restored.step == 10 and store.steps == [10]
+  np.testing.assert_array_equal(restored.state["kernel"], np.asarray(big["kernel"]) + 10)
+  printed = capsys.readouterr().out
+  assert f"warning: checkpoint {directory / '20'} has state/ocdbt.process_0/d/{largest.name}" in printed
+  assert ("changed since it was saved" if how == "flip" else "cut short") in printed
+  assert (tmp_path / "run" / checkpoint.BROKEN_DIR / "20" / "state" / "ocdbt.process_0" / "d" / largest.name
+          ).is_file()
+  # Read-only use (evaluate, predict) restores nothing from it either: one error naming the step and the file.
+  shutil.copytree(tmp_path / "run" / checkpoint.BROKEN_DIR / "20", directory / "20")
+  with checkpoint.Checkpoints(directory, cfg.CheckpointConfig(keep=3), read_only=True) as store:
+    with pytest.raises(checkpoint.CheckpointError, match=f"checkpoints/20 has state/ocdbt.process_0/d/"):
+      store.restore(20, target)
+
+
+def test_every_file_of_a_saved_step_but_the_commit_markers_has_a_digest(tmp_path):
+  directory = tmp_path / "checkpoints"
+  with checkpoint.Checkpoints(directory, cfg.CheckpointConfig()) as store:
+    _save_steps(store, {1: 0.5})
+  step_dir = directory / "1"
+  listed = json.loads((step_dir / checkpoint.DIGEST_FILE).read_text())["files"]
+  on_disk = {p.relative_to(step_dir).as_posix() for p in step_dir.rglob("*") if p.is_file()}
+  assert set(listed) == on_disk - {"_CHECKPOINT_METADATA", "commit_success.txt", checkpoint.DIGEST_FILE}
+  assert any(name.startswith("state/ocdbt.process_0/d/") for name in listed)
+  assert any(name.startswith("data_iter/") for name in listed) and "meta/metadata" in listed
+  assert checkpoint.verify_digests(step_dir) is None
+
+
 def test_when_no_checkpoint_restores_nothing_is_moved(tmp_path):
   directory = tmp_path / "checkpoints"
   with checkpoint.Checkpoints(directory, cfg.CheckpointConfig()) as store:
@@ -102,8 +163,9 @@ def test_when_no_checkpoint_restores_nothing_is_moved(tmp_path):
   # A different model: the saved arrays do not fit the target.
   wrong = {"kernel": jax.ShapeDtypeStruct((5, 5), jnp.float32), "count": jax.ShapeDtypeStruct((), jnp.int32)}
   with checkpoint.Checkpoints(directory, cfg.CheckpointConfig()) as store:
-    with pytest.raises(checkpoint.CheckpointError, match="--restart"):
+    with pytest.raises(checkpoint.CheckpointError, match="--restart") as raised:
       store.restore_latest(wrong)
+  assert "\n" not in str(raised.value) and "step 1 does not restore" in str(raised.value)
   assert (directory / "1").is_dir()
 
 
