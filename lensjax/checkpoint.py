@@ -244,13 +244,19 @@ class Checkpoints:
   def restore(self, step: int, target: Any, data_iterator: grain.DatasetIterator | None = None) -> Restored:
     """Restores checkpoint `step` onto `target` (`abstract_state(...)`: shapes, dtypes and shardings).
 
-    With `data_iterator`, also moves that iterator to the saved position. Raises whatever Orbax raises for
-    a broken checkpoint; `restore_latest` is the forgiving variant.
+    With `data_iterator`, also moves that iterator to the saved position. Raises CheckpointError (one line,
+    naming the step and why) for a broken checkpoint; `restore_latest` is the forgiving variant.
     """
     problem = self.unusable(step, with_data=data_iterator is not None)
     if problem:
       raise CheckpointError(f"checkpoint {self.step_path(step)} {problem}")
-    return self._restore_checked(step, target, data_iterator)
+    try:
+      return self._restore_checked(step, target, data_iterator)
+    except CheckpointError:
+      raise
+    except Exception as error:  # pylint: disable=broad-except  # Orbax/TensorStore raise many types
+      raise CheckpointError(f"checkpoint {self.step_path(step)} {_restore_failure(error)}: it is damaged, or of "
+                            "another model; use another step") from error
 
   def _restore_checked(self, step: int, target: Any, data_iterator: grain.DatasetIterator | None) -> Restored:
     items = {"state": ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore(),
@@ -305,7 +311,7 @@ class Checkpoints:
         try:
           restored = self._restore_checked(step, target, data_iterator)
         except Exception as error:  # pylint: disable=broad-except  # Orbax/TensorStore raise many types
-          problem = f"does not restore ({type(error).__name__}: {_first_line(error)})"
+          problem = _restore_failure(error)
       if not _all_processes_agree(problem is None):
         problem = problem or "does not restore on another process"
         restored = None
@@ -378,9 +384,11 @@ def verify_digests(step_dir: pathlib.Path) -> str | None:
   return None
 
 
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip().splitlines()
-  return text[0][:300] if text else ""
+def _restore_failure(error: BaseException) -> str:
+  """'does not restore (<the first line of what Orbax raised, or of its cause>)'."""
+  cause = error.__cause__ or error
+  text = str(cause).strip().splitlines()
+  return f"does not restore ({type(cause).__name__}: {text[0][:300] if text else ''})"
 
 
 def _warn(message: str) -> None:
