@@ -11,6 +11,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import portpicker
 import pytest
 
 from lensjax import checkpoint, parallel
@@ -217,3 +218,56 @@ def test_fsdp_sharded_state_restores_sharded_or_replicated_on_four_devices(tmp_p
                         cwd=tiny_run.ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stdout + done.stderr[-3000:]
   assert "restored onto 4 devices" in done.stdout
+
+
+TWO_PROCESS_SCRIPT = """
+import sys
+import grain, jax, jax.numpy as jnp, numpy as np
+from lensjax import checkpoint, parallel
+from lensjax import config as cfg
+
+address, process_id, directory, phase = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+parallel.initialize(parallel.DistributedOptions(address, 2, process_id))
+mesh = parallel.make_mesh()
+state = {"kernel": jnp.arange(4 * 8192, dtype=jnp.float32).reshape(8192, 4), "bias": jnp.ones((3,))}
+fsdp = parallel.state_shardings(state, mesh, fsdp=True)
+iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
+with checkpoint.Checkpoints(directory, cfg.CheckpointConfig(keep=3)) as store:
+  if phase == "save":
+    for step in (1, 2):
+      placed = jax.tree.map(lambda a, sharding: jax.make_array_from_callback(
+          a.shape, sharding, lambda index: np.asarray(a + step)[index]), state, fsdp)
+      store.save(step, state=placed, data_iterator=iterator, rng_key=jax.random.key(0), config=cfg.Config())
+  else:
+    restored = store.restore_latest(checkpoint.abstract_state(state, fsdp), iterator)
+    kernel = jax.experimental.multihost_utils.process_allgather(restored.state["kernel"], tiled=True)
+    np.testing.assert_array_equal(kernel, np.asarray(state["kernel"]) + 1)
+    print("process", process_id, "restored step", restored.step, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_save_digests_of_both_shards_and_agree_to_skip_a_changed_one(tmp_path):
+  directory = tmp_path / "run" / "checkpoints"
+  env = {k: v for k, v in tiny_run.command_env(tmp_path / "cache").items() if not k.startswith(("SLURM_", "LENSJAX_"))}
+
+  def run_both(phase):
+    address = f"127.0.0.1:{portpicker.pick_unused_port()}"
+    processes = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_SCRIPT, address, str(i), str(directory), phase],
+                                  cwd=tiny_run.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    for process, output in zip(processes, outputs):
+      assert process.returncode == 0, output[-3000:]
+    return outputs
+
+  run_both("save")
+  listed = json.loads((directory / "2" / checkpoint.DIGEST_FILE).read_text())["files"]
+  for process_id in (0, 1):                       # process 0 hashed the files of both processes
+    assert any(name.startswith(f"state/ocdbt.process_{process_id}/d/") for name in listed)
+  shard_files = directory / "2" / "state" / "ocdbt.process_1" / "d"
+  _damage(max(shard_files.iterdir(), key=lambda p: p.stat().st_size), "flip")
+  outputs = run_both("restore")
+  assert "process 0 restored step 1" in outputs[0] and "process 1 restored step 1" in outputs[1]
+  assert f"warning: checkpoint {directory / '2'} has state/ocdbt.process_1/d/" in outputs[0]
+  assert (tmp_path / "run" / checkpoint.BROKEN_DIR / "2").is_dir() and not (directory / "2").exists()
