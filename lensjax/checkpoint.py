@@ -27,8 +27,8 @@ directory that is incomplete all the same (a missing commit marker or item, e.g.
 whose files fail to restore (truncated, corrupt) is skipped with a warning for the previous one, and moved
 to `<workdir>/broken_checkpoints/` once an older one has restored (so that its step can be saved again).
 
-Integrity: Orbax verifies no array data on restore (a flipped byte inside an array file restores silently
-as a wrong weight; only a truncated file fails). So `save` hashes the step: Orbax's post-finalisation
+Integrity: Orbax verifies no array data on restore (a flipped byte inside an array file, even a shortened
+file, can restore silently as a wrong weight). So `save` hashes the step: Orbax's post-finalisation
 callback runs on process 0 after the barrier at which every process has finished writing its files, and
 before the temporary directory is renamed to the step, so a committed step always carries its
 `digests.json` (written through a temporary file and a rename). `restore` checks every listed file's size
