@@ -28,16 +28,22 @@ PROCESS = textwrap.dedent("""
 def test_a_killed_process_stops_the_other_with_one_error_line(tmp_path, killed):
   address = f"127.0.0.1:{portpicker.pick_unused_port()}"
   env = {k: v for k, v in tiny_run.command_env(tmp_path).items() if not k.startswith(("SLURM_", "LENSJAX_"))}
+  # Unbuffered pipes: what is read before the kill is exactly what `early` holds, nothing is read ahead.
   processes = [subprocess.Popen([sys.executable, "-c", PROCESS, address, str(i), str(HEARTBEAT_TIMEOUT_S)],
                                 cwd=tiny_run.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True) for i in range(2)]
+                                bufsize=0) for i in range(2)]
+  survivor = 1 - killed
   try:
-    for process in processes:
-      assert process.stdout.readline().strip() == "working"
+    early = {}
+    for i, process in enumerate(processes):
+      early[i] = b""
+      while b"working\n" not in early[i]:
+        line = process.stdout.readline()
+        assert line, f"process {i} ended before working: {early[i].decode()[-3000:]}"
+        early[i] += line
     processes[killed].kill()
     killed_at = time.monotonic()
-    survivor = 1 - killed
-    output = processes[survivor].communicate(timeout=120)[0]
+    output = (early[survivor] + processes[survivor].communicate(timeout=120)[0]).decode()
     stopped_after = time.monotonic() - killed_at
   finally:
     for process in processes:
