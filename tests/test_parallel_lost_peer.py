@@ -49,6 +49,8 @@ def test_a_killed_process_stops_the_other_with_one_error_line(tmp_path, killed):
     for process in processes:
       if process.poll() is None:
         process.kill()
+      process.wait()
+      process.stdout.close()
   assert processes[survivor].returncode == 6, output[-3000:]
   assert stopped_after < HEARTBEAT_TIMEOUT_S + 10
   assert "a line on standard error" in output                  # the rest of standard error passes through
