@@ -39,7 +39,7 @@ def check_mask_dtype(dtype: np.dtype, where: str) -> list[str]:
 
 
 # Bytes of an array the dataset scans read at a time: memory stays bounded whatever the dataset's size.
-SCAN_CHUNK_BYTES = 64 * 2**20
+SCAN_CHUNK_BYTES = 16 * 2**20
 
 
 def image_problems(image: np.ndarray, where: str) -> list[str]:
