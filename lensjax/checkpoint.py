@@ -11,6 +11,9 @@ Layout of `<workdir>/checkpoints/` (one directory shared by all processes; on a 
   <step>/config/      the run's config (`lensjax.config.to_dict`)
   <step>/metrics/     the validation metrics of that step ({} when it was not an evaluation step)
   <step>/_CHECKPOINT_METADATA, commit_success.txt      written by Orbax once the step is complete
+  <step>/digests.json {"algorithm": "sha256", "files": {"state/ocdbt.process_0/d/...": {"size": bytes,
+                      "sha256": hex}, ...}}: every other file of the step, hashed once all processes have
+                      written their files and before the step is committed (see Integrity below)
 
 Saves are asynchronous: `save` returns once the arrays are copied off the devices, and the files are written
 in the background while training goes on. The `keep` most recent checkpoints are kept, plus the best by
@@ -24,6 +27,14 @@ directory that is incomplete all the same (a missing commit marker or item, e.g.
 whose files fail to restore (truncated, corrupt) is skipped with a warning for the previous one, and moved
 to `<workdir>/broken_checkpoints/` once an older one has restored (so that its step can be saved again).
 
+Integrity: Orbax verifies no array data on restore (a flipped byte inside an array file, even a shortened
+file, can restore silently as a wrong weight). So `save` hashes the step: Orbax's post-finalisation
+callback runs on process 0 after the barrier at which every process has finished writing its files, and
+before the temporary directory is renamed to the step, so a committed step always carries its
+`digests.json` (written through a temporary file and a rename). `restore` checks every listed file's size
+and SHA-256 first; a mismatch makes the step broken like a truncated one: `restore_latest` warns, uses the
+previous step and moves the broken one aside. Steps saved before digests existed restore unverified.
+
 Stop signals: `StopSignals` turns SIGTERM (Slurm preemption, `scancel`) and SIGUSR1 (`sbatch --signal`) into
 a request that every process sees at the same step boundary, where the training loop saves and exits 0.
 
@@ -34,8 +45,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
+import json
 import logging
 import math
+import os
 import pathlib
 import shutil
 import signal
@@ -58,6 +72,11 @@ CHECKPOINTS_DIR = "checkpoints"
 BROKEN_DIR = "broken_checkpoints"
 # Files Orbax writes into a step directory when (and only when) the step is complete.
 COMMIT_MARKERS = ("_CHECKPOINT_METADATA", "commit_success.txt")
+# The hashes of a step's files (all but the commit markers, which Orbax may still be writing when they are taken).
+DIGEST_FILE = "digests.json"
+DIGEST_ALGORITHM = "sha256"
+# Orbax writes step N into `<N>` + this suffix and renames it to `<N>` once every process has written its part.
+ORBAX_TMP_SUFFIX = ".orbax-checkpoint-tmp"
 TRAINING_ITEMS = ("state", "data_iter", "meta", "config")
 INFERENCE_ITEMS = ("state", "meta", "config")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -123,9 +142,11 @@ class Checkpoints:
                                   keep_checkpoints_without_metrics=False)])
     # Read-only use is enforced here (no save, no clean-up, no moves) rather than with Orbax's `read_only`,
     # which warns on every start.
+    self._saving_step: int | None = None     # the step whose save is in flight (Orbax runs one at a time)
     self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
         preservation_policy=keep, best_fn=ranking, best_mode=options.best_mode,
-        cleanup_tmp_directories=not read_only, create=not read_only, enable_async_checkpointing=True))
+        cleanup_tmp_directories=not read_only, create=not read_only, enable_async_checkpointing=True,
+        async_options=ocp.AsyncOptions(post_finalization_callback=self._write_digests)))
 
   # -------------------------------------------------------------------------------------------------
   # Listing.
@@ -176,8 +197,21 @@ class Checkpoints:
         meta=ocp.args.JsonSave({"step": step, "rng": rng_to_json(rng_key)}),
         config=ocp.args.JsonSave(cfg.to_dict(config)))
     values = {k: float(v) for k, v in (metrics or {}).items()}
+    self._manager.wait_until_finished()       # the digests of the previous save are written by now
+    self._saving_step = step
     self._manager.save(step, args=items, metrics=values, force=True)
     return self.step_path(step)
+
+  def _write_digests(self) -> None:
+    """Orbax's post-finalisation callback: hashes the step being saved into its DIGEST_FILE.
+
+    Runs in Orbax's background thread on process 0 only, after every process has written its files and
+    before the step is committed (its temporary directory renamed; on file systems without an atomic
+    rename, Orbax writes in place and then its commit marker).
+    """
+    step = self._saving_step
+    pending = self.directory / f"{step}{ORBAX_TMP_SUFFIX}"
+    write_digests(pending if pending.is_dir() else self.step_path(step))
 
   def wait_until_finished(self) -> None:
     """Blocks until every started save is complete on disk."""
@@ -198,12 +232,21 @@ class Checkpoints:
   def restore(self, step: int, target: Any, data_iterator: grain.DatasetIterator | None = None) -> Restored:
     """Restores checkpoint `step` onto `target` (`abstract_state(...)`: shapes, dtypes and shardings).
 
-    With `data_iterator`, also moves that iterator to the saved position. Raises whatever Orbax raises for
-    a broken checkpoint; `restore_latest` is the forgiving variant.
+    With `data_iterator`, also moves that iterator to the saved position. Raises CheckpointError (one line,
+    naming the step and why) for a broken checkpoint; `restore_latest` is the forgiving variant.
     """
-    problem = self.incomplete(step, with_data=data_iterator is not None)
+    problem = self.unusable(step, with_data=data_iterator is not None)
     if problem:
       raise CheckpointError(f"checkpoint {self.step_path(step)} {problem}")
+    try:
+      return self._restore_checked(step, target, data_iterator)
+    except CheckpointError:
+      raise
+    except Exception as error:  # pylint: disable=broad-except  # Orbax/TensorStore raise many types
+      raise CheckpointError(f"checkpoint {self.step_path(step)} {_restore_failure(error)}: it is damaged, or of "
+                            "another model; use another step") from error
+
+  def _restore_checked(self, step: int, target: Any, data_iterator: grain.DatasetIterator | None) -> Restored:
     items = {"state": ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore(),
              "config": ocp.args.JsonRestore()}
     if data_iterator is not None:
@@ -222,6 +265,10 @@ class Checkpoints:
       raise CheckpointError(f"checkpoint {self.step_path(step)} {problem}")
     return dict(self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config)
 
+  def unusable(self, step: int, *, with_data: bool = True) -> str | None:
+    """Why step `step` cannot be restored as saved (a missing file, or one changed since the save), or None."""
+    return self.incomplete(step, with_data=with_data) or verify_digests(self.step_path(step))
+
   def incomplete(self, step: int, *, with_data: bool = True) -> str | None:
     """Why step `step`'s directory cannot be a complete checkpoint (a missing file), or None."""
     path = self.step_path(step)
@@ -238,20 +285,21 @@ class Checkpoints:
 
     With `data_iterator` (resuming training), also moves that iterator to the saved position.
 
-    Newer checkpoints that are incomplete or fail to restore are skipped with a warning and, once an older
-    one has restored, moved to `<workdir>/broken_checkpoints/` (so that their steps can be saved again).
-    If none restores, raises CheckpointError listing why, and leaves everything in place: a wholesale
-    failure is more likely a changed model or config than corruption of every file.
+    Newer checkpoints that are incomplete, fail their checksums or fail to restore are skipped with a
+    warning and, once an older one has restored, moved to `<workdir>/broken_checkpoints/` (so that their
+    steps can be saved again). If none restores, raises CheckpointError (one line, naming each step and
+    why) and leaves everything in place: a wholesale failure is more likely a changed model or config than
+    corruption of every file.
     """
     broken: list[tuple[int, str]] = []
     for step in reversed(self.steps):
-      problem = self.incomplete(step, with_data=data_iterator is not None)
+      problem = self.unusable(step, with_data=data_iterator is not None)
       restored = None
       if problem is None:
         try:
-          restored = self.restore(step, target, data_iterator)
+          restored = self._restore_checked(step, target, data_iterator)
         except Exception as error:  # pylint: disable=broad-except  # Orbax/TensorStore raise many types
-          problem = f"does not restore ({type(error).__name__}: {_first_line(error)})"
+          problem = _restore_failure(error)
       if not _all_processes_agree(problem is None):
         problem = problem or "does not restore on another process"
         restored = None
@@ -261,10 +309,10 @@ class Checkpoints:
       broken.append((step, problem))
       _warn(f"checkpoint {self.step_path(step)} {problem}; trying the previous one")
     if broken:
-      listed = "\n".join(f"  {self.step_path(step)} {problem}" for step, problem in broken)
+      listed = "; ".join(f"step {step} {problem}" for step, problem in broken)
       raise CheckpointError(
-          f"no checkpoint in {self.directory} restores:\n{listed}\nIf the model or config changed since "
-          "they were written, start over with --restart (or another --workdir)")
+          f"no checkpoint in {self.directory} restores ({listed}); if the model or config changed since they "
+          "were written, start over with --restart (or another --workdir)")
     return None
 
   def _set_aside(self, broken: list[tuple[int, str]]) -> None:
@@ -283,9 +331,52 @@ class Checkpoints:
     self._manager.reload()
 
 
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip().splitlines()
-  return text[0][:300] if text else ""
+def file_digest(path: pathlib.Path) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, DIGEST_ALGORITHM).hexdigest()
+
+
+def write_digests(step_dir: pathlib.Path) -> None:
+  """Writes `step_dir/DIGEST_FILE`: the size and hash of every file below `step_dir` but the commit markers."""
+  files = {}
+  for path in sorted(p for p in step_dir.rglob("*") if p.is_file()):
+    name = path.relative_to(step_dir).as_posix()
+    if name not in COMMIT_MARKERS and name != DIGEST_FILE:
+      files[name] = {"size": path.stat().st_size, DIGEST_ALGORITHM: file_digest(path)}
+  partial = step_dir / f"{DIGEST_FILE}.partial"
+  partial.write_text(json.dumps({"algorithm": DIGEST_ALGORITHM, "files": files}, indent=1) + "\n")
+  os.replace(partial, step_dir / DIGEST_FILE)
+
+
+def verify_digests(step_dir: pathlib.Path) -> str | None:
+  """Why the files of `step_dir` do not match its DIGEST_FILE (a file changed, cut short or lost), or None.
+
+  A step without DIGEST_FILE (saved before lensjax wrote them) is not checked.
+  """
+  digests = step_dir / DIGEST_FILE
+  if not digests.is_file():
+    return None
+  try:
+    files = json.loads(digests.read_text())["files"]
+  except (ValueError, KeyError, TypeError):
+    return f"has an unreadable {DIGEST_FILE}"
+  for name, expected in files.items():
+    path = step_dir / name
+    if not path.is_file():
+      return f"has lost {name}"
+    size = path.stat().st_size
+    if size != expected["size"]:
+      return f"has {name} of {size} bytes, {expected['size']} when saved (cut short or overwritten)"
+    if file_digest(path) != expected[DIGEST_ALGORITHM]:
+      return f"has {name} changed since it was saved (its {DIGEST_ALGORITHM} checksum differs)"
+  return None
+
+
+def _restore_failure(error: BaseException) -> str:
+  """'does not restore (<the first line of what Orbax raised, or of its cause>)'."""
+  cause = error.__cause__ or error
+  text = str(cause).strip().splitlines()
+  return f"does not restore ({type(cause).__name__}: {text[0][:300] if text else ''})"
 
 
 def _warn(message: str) -> None:
@@ -346,5 +437,5 @@ class StopSignals:
     return decided
 
 
-__all__ = ["BROKEN_DIR", "CHECKPOINTS_DIR", "CheckpointError", "Checkpoints", "Restored", "StopSignals",
-           "abstract_state", "rng_from_json", "rng_to_json"]
+__all__ = ["BROKEN_DIR", "CHECKPOINTS_DIR", "DIGEST_FILE", "CheckpointError", "Checkpoints", "Restored",
+           "StopSignals", "abstract_state", "rng_from_json", "rng_to_json", "verify_digests", "write_digests"]

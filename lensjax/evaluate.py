@@ -13,9 +13,11 @@ it adds where the model fails: the per-image IoU averaged in quantile bins of th
 (arcsec), of the arcs' matched-filter signal-to-noise arc_snr and of their flux arc_flux (counts), over the
 lenses, with the non-lenses (no arcs) in a row of their own.
 
-Files: `<RUN_DIR>/evaluation_<split>_step<N>.md` and `.json` (or `--out PATH` -> PATH.md, PATH.json); the table
-is also printed. `--checkpoint best` (default) is the best by the run's `checkpoint.best_metric` (the latest
-when no checkpoint was saved at an evaluation step), `last` the newest, or a step number.
+Files: `<RUN_DIR>/evaluation_<split>_step<N>.md` and `.json` (or `--out PATH` -> PATH.md, PATH.json). The table
+is printed before they are written, so a run directory that cannot be written to (read-only) loses nothing:
+one error line names the path and `--out`, exit status 2. `--checkpoint best` (default) is the best by the
+run's `checkpoint.best_metric` (the latest when no checkpoint was saved at an evaluation step), `last` the
+newest, or a step number.
 
 RUN_DIR can also be a directory of imported IS-Net weights (`python -m lensjax.models.import_torch`:
 model.json + state/); then `--config` names the config whose data and targets to use.
@@ -268,6 +270,15 @@ def output_paths(run_dir: pathlib.Path, report: dict[str, Any], out: str | None)
   return base.with_name(base.name + ".md"), base.with_name(base.name + ".json")
 
 
+def write_report(text: str, report: dict[str, Any], markdown_path: pathlib.Path, json_path: pathlib.Path) -> None:
+  """Writes the Markdown table and the JSON report, each through a temporary file renamed into place."""
+  markdown_path.parent.mkdir(parents=True, exist_ok=True)
+  for path, contents in ((markdown_path, text), (json_path, json.dumps(report, indent=2) + "\n")):
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(contents)
+    partial.replace(path)
+
+
 @cli.command
 def main(argv: list[str]) -> int:
   parser = cli.ArgumentParser(prog="python -m lensjax.evaluate", description=__doc__.split("\n\n")[0],
@@ -283,13 +294,18 @@ def main(argv: list[str]) -> int:
   parallel.initialize(parallel.options_from_env())
   run = load_run(args.run_dir, args.checkpoint, config_name=args.config, overrides=overrides)
   report = evaluate_run(run, args.split, batch_size=args.batch_size, num_bins=args.bins)
-  text = markdown(report)
   if parallel.is_main_process():
+    # The table first: a run directory that cannot be written to (read-only, full) costs only the files.
+    text = markdown(report)
+    print(text, flush=True)
     markdown_path, json_path = output_paths(pathlib.Path(args.run_dir), report, args.out)
-    markdown_path.parent.mkdir(parents=True, exist_ok=True)
-    markdown_path.write_text(text)
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(text + f"\nwrote {markdown_path} and {json_path}")
+    try:
+      write_report(text, report, markdown_path, json_path)
+    except OSError as error:
+      parser.exit(2, f"error: cannot write {error.filename or markdown_path} ({error.strerror or error}); the "
+                     "results are printed above: pass --out PATH to write PATH.md and PATH.json into a writable "
+                     "folder\n")
+    print(f"wrote {markdown_path} and {json_path}")
   return 0
 
 

@@ -13,16 +13,26 @@ Launch modes (`initialize`):
 Data parallelism uses `jax.jit` with shardings over a 1-D mesh axis `data` spanning every device of every process
 (no `pmap`, which current JAX keeps only for old code): the batch is split on `data`; parameters and optimizer state
 are replicated, or split over `data` too (`fsdp`), and XLA inserts the all-reduces. BatchNorm statistics are then
-computed over the global batch. If a process dies, the others stop with an error once the coordination service
-misses its heartbeats (`heartbeat_timeout_seconds`), instead of hanging in a collective.
+computed over the global batch.
+
+A dead peer: if a process dies (kill -9, a node failure), the coordination service notices within the
+heartbeat timeout (at once if it was process 0, which hosts the service) and JAX's client aborts every other
+process, printing a C++ stack trace. `initialize` turns that into one line and an exit status: the standard
+error stream of a multi-process run passes through a small relay process that replaces the client's fatal
+message and trace by `error: process I of N stops: another process of this job died or stopped answering
+(...)`, and SIGABRT ends the process with exit status 6 instead of a core dump. Everything else on the
+stream passes through unchanged.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import itertools
 import logging
 import os
+import re
+import signal
 
 import jax
 import numpy as np
@@ -34,6 +44,13 @@ SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM
 # What `options_from_env` reads: (environment variable, DistributedOptions field, type).
 LENSJAX_VARIABLES = (("LENSJAX_COORDINATOR_ADDRESS", "coordinator_address", str),
                      ("LENSJAX_NUM_PROCESSES", "num_processes", int), ("LENSJAX_PROCESS_ID", "process_id", int))
+# The first words of the fatal message of JAX's distributed client when the coordination service reports a dead
+# or silent process (or is gone itself); a C++ stack trace follows, then SIGABRT.
+LOST_PEER_MARKER = b"Terminating process because the JAX distributed service detected fatal errors"
+STACK_TRACE_MARKER = b"*** Check failure stack trace"
+# Bytes the relay reads from the pipe at a time.
+_RELAY_CHUNK_BYTES = 1 << 16
+_LIBC = ctypes.CDLL(None)
 
 
 @dataclasses.dataclass
@@ -69,13 +86,78 @@ def initialize(options: DistributedOptions) -> None:
       raise ValueError("a multi-process run needs all of --coordinator-address, --num-processes and "
                        f"--process-id (or the LENSJAX_* variables); got {explicit}")
     if options.num_processes > 1:
+      report_lost_peers(f"process {options.process_id} of {options.num_processes}")
       jax.distributed.initialize(options.coordinator_address, options.num_processes, options.process_id,
                                  **timeouts)
     return
   if all(v in os.environ for v in SLURM_VARIABLES) and int(os.environ["SLURM_NTASKS"]) > 1:
+    report_lost_peers(f"process {os.environ['SLURM_PROCID']} of {os.environ['SLURM_NTASKS']}")
     jax.distributed.initialize(**timeouts)
     logging.info("joined Slurm job %s as process %d of %d", os.environ["SLURM_JOB_ID"],
                  jax.process_index(), jax.process_count())
+
+
+def report_lost_peers(process: str) -> None:
+  """Makes a peer's death end this process with one error line and exit status 6 (see the module docstring).
+
+  Forks the relay that standard error (fd 2) then passes through, and sets SIGABRT to `_exit(6)`. Call once,
+  before `jax.distributed.initialize` starts any thread; `process` names this process in the error line.
+  """
+  read_end, write_end = os.pipe()
+  if os.fork() == 0:
+    os.close(write_end)
+    # The relay outlives the signals meant for the training process (a stop request, Ctrl-C), so that nothing
+    # written to standard error meanwhile is lost; it ends when every writer has closed the pipe.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+      signal.signal(signum, signal.SIG_IGN)
+    _relay_standard_error(read_end, 2, process)
+    os._exit(0)
+  os.close(read_end)
+  os.dup2(write_end, 2)
+  os.close(write_end)
+  _LIBC.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
+  _LIBC.signal.restype = ctypes.c_void_p
+  _LIBC.signal(signal.SIGABRT, ctypes.cast(_LIBC._exit, ctypes.c_void_p))   # _exit(6): no core dump
+
+
+def _relay_standard_error(source: int, sink: int, process: str) -> None:
+  """Copies `source` to `sink` as it comes, line by line, until the distributed client's fatal message.
+
+  From that message on nothing is copied: one error line saying why the process stops replaces the message
+  and its stack trace. Partial lines are held back (so the message is recognised whole), but a carriage
+  return ends a line too, so progress bars stay live.
+  """
+  pending, fatal, reported = b"", None, False
+  while chunk := os.read(source, _RELAY_CHUNK_BYTES):
+    if fatal is not None:
+      fatal += chunk
+    else:
+      pending += chunk
+      at = pending.find(LOST_PEER_MARKER)
+      if at >= 0:
+        line_start = max(pending.rfind(b"\n", 0, at), pending.rfind(b"\r", 0, at)) + 1
+        os.write(sink, pending[:line_start])
+        fatal, pending = pending[at:], b""
+      else:
+        cut = max(pending.rfind(b"\n"), pending.rfind(b"\r")) + 1
+        os.write(sink, pending[:cut])
+        pending = pending[cut:]
+    if fatal is not None and not reported and STACK_TRACE_MARKER in fatal:
+      os.write(sink, lost_peer_message(fatal, process))
+      reported = True
+  if fatal is not None and not reported:
+    os.write(sink, lost_peer_message(fatal, process))
+  elif pending:
+    os.write(sink, pending)
+
+
+def lost_peer_message(fatal: bytes, process: str) -> bytes:
+  """The error line that replaces the distributed client's fatal message `fatal` (and its trace)."""
+  status = fatal.split(b"absl::Status:", 1)[-1].split(STACK_TRACE_MARKER, 1)[0]
+  status = re.sub(r"\s+", " ", re.sub(r"\[type\.googleapis\.com[^\]]*\]", "", status.decode(errors="replace")))
+  return (f"error: {process} stops: another process of this job died or stopped answering (the coordination "
+          f"service says: {status.strip()[:400]}). Every process stops; the newest complete checkpoint is "
+          "intact: rerun the job to resume from it\n").encode()
 
 
 # Suffixes that keep barrier names unique when a barrier is passed more than once (every process counts alike).

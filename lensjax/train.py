@@ -98,6 +98,10 @@ def train_and_evaluate(config: cfg.Config, workdir: str | pathlib.Path, *, resta
   # Built once: its source (and the simulator's compiled renderer) serves every evaluation.
   val_loader = data.make_loader(config, "val", batch_size=per_process_eval, shuffle=False, num_epochs=1, seed=0,
                                 with_edge=needs_edge)
+  masks, mask_warnings = data.mask_source(config)
+  say(f"data: {config.data.source} {config.data.path or ''}".rstrip() + f", masks: {masks}")
+  for warning in mask_warnings:
+    say(f"warning: {warning}")
 
   with run_directory.locked(workdir), checkpoint.StopSignals(mesh) as stop:
     run_directory.prepare(workdir, config, restart)

@@ -1,5 +1,6 @@
 """Checkpoints keep the newest and the best, restore exactly, skip broken steps; stop signals become a request."""
 
+import json
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import portpicker
 import pytest
 
 from lensjax import checkpoint, parallel
@@ -76,7 +78,8 @@ def test_broken_newer_checkpoints_are_skipped_with_a_warning_and_set_aside(tmp_p
   with checkpoint.Checkpoints(directory, cfg.CheckpointConfig(keep=5)) as store:
     _save_steps(store, {1: None, 2: None, 3: None, 4: None})
   largest = max((p for p in (directory / "4" / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-  os.truncate(largest, largest.stat().st_size // 2)           # a file cut short
+  os.truncate(largest, largest.stat().st_size // 2)           # a file cut short ...
+  (directory / "4" / checkpoint.DIGEST_FILE).unlink()         # ... of a step saved before digests: Orbax fails
   (directory / "3" / "commit_success.txt").unlink()           # a step whose save never committed
   shutil.rmtree(directory / "2" / "meta")                     # a step missing an item
   # A save killed mid-way: Orbax's temporary directory, never renamed to its step.
@@ -95,6 +98,65 @@ def test_broken_newer_checkpoints_are_skipped_with_a_warning_and_set_aside(tmp_p
   assert not list(directory.glob("*orbax-checkpoint-tmp*"))   # removed (in the background) before a save
 
 
+def _damage(path, how):
+  """Flips 64 bytes in the middle of `path` (its size unchanged), or cuts it to half its size."""
+  size = path.stat().st_size
+  if how == "flip":
+    with open(path, "r+b") as f:
+      f.seek(size // 2 - 32)
+      block = f.read(64)
+      f.seek(size // 2 - 32)
+      f.write(bytes(b ^ 0xFF for b in block))
+    assert path.stat().st_size == size
+  else:
+    os.truncate(path, size // 2)
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_a_checkpoint_whose_array_file_changed_is_set_aside_for_the_previous_one(tmp_path, capsys, how):
+  directory = tmp_path / "run" / "checkpoints"
+  big = {"kernel": jnp.arange(64 * 256, dtype=jnp.float32).reshape(64, 256), "count": jnp.asarray(0)}
+  mesh = parallel.make_mesh()
+  target = checkpoint.abstract_state(big, parallel.state_shardings(big, mesh, fsdp=False))
+  with checkpoint.Checkpoints(directory, cfg.CheckpointConfig(keep=3)) as store:
+    iterator = _iterator()
+    for step in (10, 20):
+      store.save(step, state=jax.tree.map(lambda a: a + step, big), data_iterator=iterator,
+                 rng_key=jax.random.key(step), config=cfg.Config())
+    store.wait_until_finished()
+  arrays = directory / "20" / "state" / "ocdbt.process_0" / "d"
+  largest = max(arrays.iterdir(), key=lambda p: p.stat().st_size)
+  assert largest.stat().st_size > 4096
+  _damage(largest, how)
+  with checkpoint.Checkpoints(directory, cfg.CheckpointConfig(keep=3)) as store:
+    restored = store.restore_latest(target, _iterator())
+    assert restored.step == 10 and store.steps == [10]
+  np.testing.assert_array_equal(restored.state["kernel"], np.asarray(big["kernel"]) + 10)
+  printed = capsys.readouterr().out
+  assert f"warning: checkpoint {directory / '20'} has state/ocdbt.process_0/d/{largest.name}" in printed
+  assert ("changed since it was saved" if how == "flip" else "cut short") in printed
+  assert (tmp_path / "run" / checkpoint.BROKEN_DIR / "20" / "state" / "ocdbt.process_0" / "d" / largest.name
+          ).is_file()
+  # Read-only use (evaluate, predict) restores nothing from it either: one error naming the step and the file.
+  shutil.copytree(tmp_path / "run" / checkpoint.BROKEN_DIR / "20", directory / "20")
+  with checkpoint.Checkpoints(directory, cfg.CheckpointConfig(keep=3), read_only=True) as store:
+    with pytest.raises(checkpoint.CheckpointError, match=f"checkpoints/20 has state/ocdbt.process_0/d/"):
+      store.restore(20, target)
+
+
+def test_every_file_of_a_saved_step_but_the_commit_markers_has_a_digest(tmp_path):
+  directory = tmp_path / "checkpoints"
+  with checkpoint.Checkpoints(directory, cfg.CheckpointConfig()) as store:
+    _save_steps(store, {1: 0.5})
+  step_dir = directory / "1"
+  listed = json.loads((step_dir / checkpoint.DIGEST_FILE).read_text())["files"]
+  on_disk = {p.relative_to(step_dir).as_posix() for p in step_dir.rglob("*") if p.is_file()}
+  assert set(listed) == on_disk - {"_CHECKPOINT_METADATA", "commit_success.txt", checkpoint.DIGEST_FILE}
+  assert any(name.startswith("state/ocdbt.process_0/d/") for name in listed)
+  assert any(name.startswith("data_iter/") for name in listed) and "meta/metadata" in listed
+  assert checkpoint.verify_digests(step_dir) is None
+
+
 def test_when_no_checkpoint_restores_nothing_is_moved(tmp_path):
   directory = tmp_path / "checkpoints"
   with checkpoint.Checkpoints(directory, cfg.CheckpointConfig()) as store:
@@ -102,8 +164,9 @@ def test_when_no_checkpoint_restores_nothing_is_moved(tmp_path):
   # A different model: the saved arrays do not fit the target.
   wrong = {"kernel": jax.ShapeDtypeStruct((5, 5), jnp.float32), "count": jax.ShapeDtypeStruct((), jnp.int32)}
   with checkpoint.Checkpoints(directory, cfg.CheckpointConfig()) as store:
-    with pytest.raises(checkpoint.CheckpointError, match="--restart"):
+    with pytest.raises(checkpoint.CheckpointError, match="--restart") as raised:
       store.restore_latest(wrong)
+  assert "\n" not in str(raised.value) and "step 1 does not restore" in str(raised.value)
   assert (directory / "1").is_dir()
 
 
@@ -155,3 +218,56 @@ def test_fsdp_sharded_state_restores_sharded_or_replicated_on_four_devices(tmp_p
                         cwd=tiny_run.ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stdout + done.stderr[-3000:]
   assert "restored onto 4 devices" in done.stdout
+
+
+TWO_PROCESS_SCRIPT = """
+import sys
+import grain, jax, jax.numpy as jnp, numpy as np
+from lensjax import checkpoint, parallel
+from lensjax import config as cfg
+
+address, process_id, directory, phase = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+parallel.initialize(parallel.DistributedOptions(address, 2, process_id))
+mesh = parallel.make_mesh()
+state = {"kernel": jnp.arange(4 * 8192, dtype=jnp.float32).reshape(8192, 4), "bias": jnp.ones((3,))}
+fsdp = parallel.state_shardings(state, mesh, fsdp=True)
+iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
+with checkpoint.Checkpoints(directory, cfg.CheckpointConfig(keep=3)) as store:
+  if phase == "save":
+    for step in (1, 2):
+      placed = jax.tree.map(lambda a, sharding: jax.make_array_from_callback(
+          a.shape, sharding, lambda index: np.asarray(a + step)[index]), state, fsdp)
+      store.save(step, state=placed, data_iterator=iterator, rng_key=jax.random.key(0), config=cfg.Config())
+  else:
+    restored = store.restore_latest(checkpoint.abstract_state(state, fsdp), iterator)
+    kernel = jax.experimental.multihost_utils.process_allgather(restored.state["kernel"], tiled=True)
+    np.testing.assert_array_equal(kernel, np.asarray(state["kernel"]) + 1)
+    print("process", process_id, "restored step", restored.step, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_save_digests_of_both_shards_and_agree_to_skip_a_changed_one(tmp_path):
+  directory = tmp_path / "run" / "checkpoints"
+  env = {k: v for k, v in tiny_run.command_env(tmp_path / "cache").items() if not k.startswith(("SLURM_", "LENSJAX_"))}
+
+  def run_both(phase):
+    address = f"127.0.0.1:{portpicker.pick_unused_port()}"
+    processes = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_SCRIPT, address, str(i), str(directory), phase],
+                                  cwd=tiny_run.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    for process, output in zip(processes, outputs):
+      assert process.returncode == 0, output[-3000:]
+    return outputs
+
+  run_both("save")
+  listed = json.loads((directory / "2" / checkpoint.DIGEST_FILE).read_text())["files"]
+  for process_id in (0, 1):                       # process 0 hashed the files of both processes
+    assert any(name.startswith(f"state/ocdbt.process_{process_id}/d/") for name in listed)
+  shard_files = directory / "2" / "state" / "ocdbt.process_1" / "d"
+  _damage(max(shard_files.iterdir(), key=lambda p: p.stat().st_size), "flip")
+  outputs = run_both("restore")
+  assert "process 0 restored step 1" in outputs[0] and "process 1 restored step 1" in outputs[1]
+  assert f"warning: checkpoint {directory / '2'} has state/ocdbt.process_1/d/" in outputs[0]
+  assert (tmp_path / "run" / checkpoint.BROKEN_DIR / "2").is_dir() and not (directory / "2").exists()

@@ -1,5 +1,6 @@
 """`python -m lensjax.data check PATH`: summaries of good datasets, every problem of bad ones."""
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -89,3 +90,28 @@ def test_runs_as_a_module_from_the_command_line(tmp_path):
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stdout + result.stderr
   assert "test   3" in result.stdout and "no masks" in result.stdout
+
+
+def test_a_problem_every_split_meets_is_listed_once_with_a_count(tmp_path):
+  np.save(tmp_path / "images.npy", np.zeros((20, 8, 8), np.float32))           # a header problem
+  status, output = _run([tmp_path])
+  assert status == 1 and "1 problem(s):" in output
+  (line,) = [line for line in output.splitlines() if "has shape (20, 8, 8)" in line]
+  assert line.endswith("(found 3 times)")
+  fx.write_npy_array(tmp_path, count=20)
+  images = tmp_path / "images.npy"
+  os.truncate(images, images.stat().st_size - 100)                              # a cut-short file
+  status, output = _run([tmp_path])
+  assert status == 1 and "1 problem(s):" in output
+  assert len([line for line in output.splitlines() if "images.npy: is cut short" in line]) == 1
+
+
+def test_says_which_masks_are_used_and_warns_of_a_misnamed_mask_file(tmp_path):
+  fx.write_npy_array(tmp_path, count=20)
+  status, output = _run([tmp_path])
+  assert status == 0 and "masks: masks.npy" in output.splitlines()
+  (tmp_path / "masks.npy").rename(tmp_path / "mask.npy")
+  status, output = _run([tmp_path])
+  assert status == 0
+  assert "masks: made from the lens and arc channels by the percentile rule (no masks.npy)" in output
+  assert f"warning: {tmp_path / 'mask.npy'}: not read; masks are read from {tmp_path / 'masks.npy'} only" in output

@@ -1,5 +1,6 @@
 """Every file source round-trips its fixture, and every kind of bad input gives an error naming the file."""
 
+import os
 import pickle
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lensjax import data as lensdata
-from lensjax.data import DataError, images, sources
+from lensjax.data import DataError, images, sources, validation
 from tests.helpers import datasets as fx
 
 # Preprocessing that leaves stored values alone, so reads can be compared with what was written.
@@ -189,15 +190,73 @@ def test_pickled_npy_is_never_unpickled(tmp_path):
   _expect_data_error(fx.config_for("npy", tmp_path), "train", "images.npy", "Python objects")
 
 
-def test_nan_or_inf_pixels_name_the_file_and_row(tmp_path):
+def test_nan_or_inf_pixels_name_the_file_and_row_when_the_split_is_opened(tmp_path):
   images_written, _ = fx.write_npy_array(tmp_path, count=10)
   images_written[3, 5, 5, 0] = np.nan
-  images_written[4, 0, 0, 0] = np.inf
+  images_written[4, 0, 0, 2] = np.inf           # the arc channel, from which no mask is read here
   np.save(tmp_path / "images.npy", images_written)
-  source = lensdata.make_source(fx.config_for("npy", tmp_path, split_fractions=(1.0, 0.0, 0.0)), "train")
-  for row in (3, 4):
-    with pytest.raises(DataError, match=rf"images.npy\[{row}\]: 1 NaN or infinite pixels"):
-      source[row]
+  _expect_data_error(fx.config_for("npy", tmp_path, split_fractions=(1.0, 0.0, 0.0)), "train",
+                     "images.npy[3]: 1 NaN or infinite pixels", "images.npy[4]: 1 NaN or infinite pixels",
+                     "Replace them")
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 10**9])      # one row per chunk, or the whole split in one
+def test_every_mask_value_is_checked_when_the_split_is_opened_not_when_it_is_read(tmp_path, monkeypatch,
+                                                                                   chunk_bytes):
+  monkeypatch.setattr(validation, "SCAN_CHUNK_BYTES", chunk_bytes)
+  _, masks_written = fx.write_npy_array(tmp_path, count=12)
+  masks_written[9, 4, 4, 1] = 7                  # the issue's repro: one pixel of one arc mask
+  masks_written[2, 0, 0, 0] = 1                  # 1 in a 0/255 mask
+  np.save(tmp_path / "masks.npy", masks_written)
+  _expect_data_error(fx.config_for("npy", tmp_path, split_fractions=(1.0, 0.0, 0.0)), "train",
+                     "masks.npy[9]: mask values 7 are not allowed; masks hold 0/1 or 0/255",
+                     "masks.npy[2]: mask mixes the values 1 and 255")
+  # Only the split holding the bad rows is refused.
+  config = fx.config_for("npy", tmp_path, split_fractions=(0.5, 0.25, 0.25))
+  bad_splits = [split for split in ("train", "val", "test")
+                if {2, 9} & set(sources.split_rows(12, (0.5, 0.25, 0.25), config.data.split_seed, split))]
+  for split in ("train", "val", "test"):
+    if split in bad_splits:
+      with pytest.raises(DataError):
+        lensdata.make_source(config, split)
+    else:
+      assert len(lensdata.make_source(config, split)) > 0
+
+
+def test_split_folder_files_are_checked_value_by_value_when_opened(tmp_path):
+  fx.write_npy_folders(tmp_path)
+  name = sorted((tmp_path / "train" / "arc_mask").glob("*.npy"))[1]
+  mask = np.load(name)
+  mask.flat[3] = 7
+  np.save(name, mask)
+  image_file = sorted((tmp_path / "train" / "images").glob("*.npy"))[0]
+  image = np.load(image_file)
+  image.flat[0] = np.nan
+  np.save(image_file, image)
+  _expect_data_error(fx.config_for("npy", tmp_path), "train", f"{name}: mask values 7 are not allowed",
+                     f"{image_file}: 1 NaN or infinite pixels")
+
+
+def test_a_cut_short_npy_is_named_once_when_opened(tmp_path):
+  fx.write_npy_array(tmp_path, count=10)
+  images = tmp_path / "images.npy"
+  os.truncate(images, images.stat().st_size - 100)
+  _expect_data_error(fx.config_for("npy", tmp_path), "train", "images.npy: is cut short",
+                     "Copy or save it again")
+
+
+def test_mask_source_says_which_masks_are_used_and_warns_of_misnamed_mask_files(tmp_path):
+  fx.write_npy_array(tmp_path / "with", count=10)
+  assert lensdata.mask_source(fx.config_for("npy", tmp_path / "with")) == ("masks.npy", [])
+  fx.write_npy_array(tmp_path / "misnamed", count=10)
+  (tmp_path / "misnamed" / "masks.npy").rename(tmp_path / "misnamed" / "mask.npy")
+  np.save(tmp_path / "misnamed" / "Labels.npy", np.zeros(3))
+  np.save(tmp_path / "misnamed" / "psf.npy", np.zeros(3))
+  masks, warnings = lensdata.mask_source(fx.config_for("npy", tmp_path / "misnamed"))
+  assert masks.startswith("made from the lens and arc channels by the percentile rule")
+  assert [w.split(":")[0] for w in warnings] == [str(tmp_path / "misnamed" / n) for n in ("Labels.npy", "mask.npy")]
+  assert all(f"masks are read from {tmp_path / 'misnamed' / 'masks.npy'} only" in w for w in warnings)
+  assert lensdata.mask_source(fx.config_for("sim", ""))[0].startswith("the simulator's")
 
 
 def test_image_without_mask_is_named(tmp_path):

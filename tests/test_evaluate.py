@@ -1,7 +1,10 @@
 """`python -m lensjax.evaluate` reproduces the training loop's validation numbers from the saved checkpoint,
-writes the table and the JSON, and bins IoU by the simulation parameters."""
+writes the table and the JSON, and bins IoU by the simulation parameters; a damaged checkpoint or an unwritable
+output is one error line."""
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -80,3 +83,40 @@ def test_only_the_data_can_be_overridden(run_dir):
 def test_a_directory_without_checkpoints_is_named(tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match="neither a run directory"):
     evaluate.load_run(tmp_path)
+
+
+def _copy_of(run_dir, tmp_path):
+  copy = tmp_path / "run"
+  shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("evaluation_*"))
+  return copy
+
+
+@pytest.mark.slow
+def test_the_table_is_printed_before_the_files_and_an_unwritable_path_is_one_error(run_dir, tmp_path,
+                                                                                   tmp_path_factory):
+  run = _copy_of(run_dir, tmp_path)
+  # As root, a read-only folder is still writable: a directory where the table's file goes fails the same way.
+  (run / f"evaluation_val_step{tiny_run.NUM_STEPS}.md").mkdir()
+  code, output = tiny_run.run("lensjax.evaluate", [str(run), "--split", "val", "--checkpoint", "last"],
+                              tiny_run.compile_cache(tmp_path_factory), tmp_path / "evaluate.log")
+  assert code == 2, output[-3000:]
+  assert "| Target | Dice | mIoU |" in output and "Traceback" not in output
+  last = output.strip().splitlines()[-1]
+  assert last.startswith(f"error: cannot write {run / f'evaluation_val_step{tiny_run.NUM_STEPS}.md'}")
+  assert "the results are printed above: pass --out PATH" in last
+
+
+@pytest.mark.parametrize("with_digests", [True, False])
+def test_a_damaged_checkpoint_is_one_error_line(run_dir, tmp_path, tmp_path_factory, with_digests):
+  run = _copy_of(run_dir, tmp_path)
+  step_dir = run / "checkpoints" / str(tiny_run.NUM_STEPS)
+  if not with_digests:                          # a checkpoint saved before digests: Orbax meets the damage
+    (step_dir / checkpoint.DIGEST_FILE).unlink()
+  for array_file in (step_dir / "state" / "ocdbt.process_0" / "d").iterdir():
+    os.truncate(array_file, 100)
+  code, output = tiny_run.run("lensjax.evaluate", [str(run), "--checkpoint", "last"],
+                              tiny_run.compile_cache(tmp_path_factory), tmp_path / "evaluate.log")
+  assert code == 2
+  assert output.count("\n") == 1 and output.startswith(f"error: checkpoint {step_dir} "), output[-3000:]
+  assert ("cut short" if with_digests else "does not restore") in output
+  assert "Traceback" not in output and "Event loop is closed" not in output

@@ -6,6 +6,7 @@ gets random weights and non-trivial BatchNorm statistics, and both run in eval m
 """
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -140,4 +141,44 @@ def test_a_pth_holding_pickled_objects_is_refused_unread(tmp_path, reference, ca
   with pytest.raises(SystemExit):
     import_torch.main([str(pth), "--out", str(tmp_path / "checkpoint")])
   assert "refused by torch.load(weights_only=True)" in capsys.readouterr().err
+  assert not (tmp_path / "checkpoint").exists()
+
+
+def _truncated_pth(tmp_path, reference):
+  whole = tmp_path / "whole.pth"
+  torch.save(reference.state_dict(), whole)
+  cut = tmp_path / "cut.pth"
+  cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+  return cut
+
+
+@pytest.mark.parametrize("contents, message", [
+    (b"", r"is empty \(0 bytes\)"),
+    (b"<html>404 Not Found</html>" * 40, "is not a PyTorch .pth file"),
+    (_truncated_pth, "cannot be read as a .pth file, it is cut short or damaged"),
+])
+def test_an_empty_garbage_or_cut_short_file_is_one_error_naming_it(tmp_path, reference, capsys, contents, message):
+  if callable(contents):
+    pth = contents(tmp_path, reference)
+  else:
+    pth = tmp_path / "weights.pth"
+    pth.write_bytes(contents)
+  with pytest.raises(SystemExit) as stopped:
+    import_torch.main([str(pth), "--out", str(tmp_path / "checkpoint")])
+  error = capsys.readouterr().err
+  assert stopped.value.code == 2 and error.startswith(f"error: {pth}: ") and error.count("\n") == 1
+  assert re.search(message, error) and "Traceback" not in error
+  assert not (tmp_path / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, reference, capsys, bad):
+  weights = {name: tensor.clone() for name, tensor in reference.state_dict().items()}
+  weights["stage2.rebnconv1.conv_s1.weight"][0, 0, 1, 1] = bad
+  pth = tmp_path / "diverged.pth"
+  torch.save(weights, pth)
+  with pytest.raises(SystemExit) as stopped:
+    import_torch.main([str(pth), "--out", str(tmp_path / "checkpoint"), "--width", str(WIDTH)])
+  assert stopped.value.code == 2
+  assert f"{pth}: 'stage2.rebnconv1.conv_s1.weight' holds 1 NaN or infinite values" in capsys.readouterr().err
   assert not (tmp_path / "checkpoint").exists()

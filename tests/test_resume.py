@@ -105,21 +105,32 @@ def test_sigterm_then_kill_9_mid_save_resume_to_exactly_the_uninterrupted_run(re
     np.testing.assert_array_equal(got, want)
 
 
-def test_a_truncated_checkpoint_of_a_real_run_falls_back_to_the_previous_one(reference, tmp_path, capsys):
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_checkpoint_of_a_real_run_falls_back_to_the_previous_one(reference, tmp_path, capsys, damage):
   workdir = tmp_path / "run"
   shutil.copytree(reference, workdir)
   with checkpoint.Checkpoints(workdir / "checkpoints", cfg.CheckpointConfig(), read_only=True) as store:
     newest, previous = store.steps[-1], store.steps[-2]
-  state_files = [p for p in (workdir / "checkpoints" / str(newest) / "state").rglob("*") if p.is_file()]
-  largest = max(state_files, key=lambda p: p.stat().st_size)
-  largest.write_bytes(largest.read_bytes()[:largest.stat().st_size // 3])
+  # The repro: the largest array file of the newest step, cut to a third or 64 bytes flipped inside.
+  array_files = (workdir / "checkpoints" / str(newest) / "state" / "ocdbt.process_0" / "d").iterdir()
+  largest = max(array_files, key=lambda p: p.stat().st_size)
+  contents = largest.read_bytes()
+  if damage == "truncate":
+    largest.write_bytes(contents[:len(contents) // 3])
+  else:
+    middle = len(contents) // 2
+    largest.write_bytes(contents[:middle] + bytes(b ^ 0x5A for b in contents[middle:middle + 64])
+                        + contents[middle + 64:])
   config = _tiny_config()
   target = train_step.create_train_state(config, parallel.make_mesh(), 0, abstract=True).state
   with checkpoint.Checkpoints(workdir / "checkpoints", config.checkpoint) as store:
     restored = store.restore_latest(target)
   assert restored.step == previous
-  assert f"warning: checkpoint {workdir / 'checkpoints' / str(newest)} does not restore" in capsys.readouterr().out
-  assert (workdir / checkpoint.BROKEN_DIR / str(newest)).is_dir()
+  name = largest.relative_to(workdir / "checkpoints" / str(newest))
+  reason = "cut short" if damage == "truncate" else "changed since it was saved"
+  printed = capsys.readouterr().out
+  assert f"warning: checkpoint {workdir / 'checkpoints' / str(newest)} has {name} " in printed and reason in printed
+  assert (workdir / checkpoint.BROKEN_DIR / str(newest) / name).is_file()
 
 
 def test_a_run_directory_with_a_different_config_is_refused_naming_the_keys(reference, tmp_path):

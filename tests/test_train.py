@@ -1,4 +1,5 @@
-"""The training loop on simulated data: it learns, stops on a NaN loss, trains MSRF-Net and feature sync."""
+"""The training loop on simulated data: it learns, stops on a NaN loss, trains MSRF-Net and feature sync; on .npy
+data it refuses a bad mask before step 0 and says which masks it uses."""
 
 import json
 
@@ -7,6 +8,8 @@ import pytest
 
 from lensjax import config as cfg
 from lensjax import step_loop, train
+from lensjax.data import DataError
+from tests.helpers import datasets as fx
 
 
 def tiny_config(**overrides) -> cfg.Config:
@@ -64,3 +67,30 @@ def test_feature_sync_trains_the_gt_encoder_then_adds_the_feature_loss(tmp_path)
   last = [r for r in read_metrics(tmp_path) if r["split"] == "train"][-1]
   assert last["loss/feature_sync"] > 0 and np.isfinite(last["loss/feature_sync"])
   assert last["loss"] > last["loss/d1"] + last["loss/d2"]      # the feature term is part of the total
+
+
+def _npy_config(path, **overrides) -> cfg.Config:
+  return tiny_config(**{"data.source": "npy", "data.path": str(path), "data.pad_to": "0", "train.num_steps": "2",
+                        "train.log_every": "1", "train.eval_every": "2", "train.batch_size": "4",
+                        "train.eval_batch_size": "4", "checkpoint.every_steps": "0", **overrides})
+
+
+def test_a_bad_mask_value_stops_training_before_step_0_naming_file_and_row(tmp_path):
+  _, masks = fx.write_npy_array(tmp_path / "data", count=24, size=32)
+  masks[5, 10, 10, 1] = 7
+  np.save(tmp_path / "data" / "masks.npy", masks)
+  config = _npy_config(tmp_path / "data", **{"data.split_fractions": "1,0,0"})
+  with pytest.raises(DataError, match=r"masks.npy\[5\]: mask values 7 are not allowed"):
+    train.train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_the_start_up_log_says_which_masks_are_used_and_warns_of_a_misnamed_file(tmp_path, capsys):
+  fx.write_npy_array(tmp_path / "data", count=24, size=32)
+  (tmp_path / "data" / "masks.npy").rename(tmp_path / "data" / "mask.npy")
+  train.train_and_evaluate(_npy_config(tmp_path / "data"), tmp_path / "run")
+  printed = capsys.readouterr().out
+  assert (f"data: npy {tmp_path / 'data'}, masks: made from the lens and arc channels by the percentile rule "
+          "(no masks.npy)") in printed
+  assert f"warning: {tmp_path / 'data' / 'mask.npy'}: not read" in printed

@@ -2,6 +2,7 @@
 
   make_source(config, split)      a Grain random-access source of preprocessed examples (no augmentation)
   make_loader(config, split, ...) the sharded, shuffled, augmented, prefetched batches of one process
+  mask_source(config)             where the masks come from (a file, or made by the percentile rule), warnings
   python -m lensjax.data check PATH   validates a dataset and prints a summary, before anyone trains on it
   make_preprocessor(config, ...)  the per-image preprocessing of a config, for images read one by one
   read_png_image, npy_header, load_npy, FitsSource, is_fits_file, check_image_dtype, require_finite
@@ -18,12 +19,12 @@ from lensjax.data.fits import FITS_SUFFIXES, FitsSource, is_fits_file
 from lensjax.data.images import read_png_image
 from lensjax.data.npy import npy_header
 from lensjax.data.pipeline import batches_per_epoch, make_loader
-from lensjax.data.sources import (input_channels, make_preprocessor, make_source, needs_edge, num_examples,
-                                  num_targets)
+from lensjax.data.sources import (input_channels, make_preprocessor, make_source, mask_source, needs_edge,
+                                  num_examples, num_targets)
 from lensjax.data.transforms import Preprocessor, pad_offset
 from lensjax.data.validation import check_image_dtype, load_npy, require_finite
 
 __all__ = ["DataError", "FITS_SUFFIXES", "FitsSource", "Preprocessor", "batches_per_epoch", "check_image_dtype",
            "input_channels", "is_fits_file", "load_npy", "make_loader", "make_preprocessor", "make_source",
-           "needs_edge", "npy_header", "num_examples", "num_targets", "pad_offset", "read_png_image",
+           "mask_source", "needs_edge", "npy_header", "num_examples", "num_targets", "pad_offset", "read_png_image",
            "require_finite"]

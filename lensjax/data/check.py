@@ -1,14 +1,18 @@
 """`python -m lensjax.data check PATH`: validate a whole dataset before training and summarise it.
 
-Every split is opened (the cheap checks: layout, pairing, shapes, dtypes) and every example read (the full
-checks: NaN/inf pixels, mask values, unreadable files). All problems are listed, each naming its file (and
-index) and the fix; the exit status is 1 if there are any. The summary gives, per split, the number of
-examples, the stored image shape, the pixel range, the fraction of pixels in each target's mask, and the
-shape the network will see after preprocessing.
+Every split is opened (the checks training runs before step 0: layout, pairing, shapes, dtypes and, for
+.npy data, every pixel and mask value) and every example read (NaN/inf pixels, mask values, unreadable
+files, for every format). Each distinct problem is listed once, naming its file (and index) and the fix,
+with a count when several splits (or examples) hit the same one; the exit status is 1 if there are any.
+The summary says where the masks come from (a file, or made by the percentile rule, with a warning for a
+mask file under another name), then gives, per split, the number of examples, the stored image shape, the
+pixel range, the fraction of pixels in each target's mask, and the shape the network will see after
+preprocessing.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import pathlib
 from typing import Callable
@@ -41,11 +45,13 @@ class SplitSummary:
 
 @dataclasses.dataclass
 class CheckReport:
-  """The summaries of the splits that could be opened, and every problem found."""
+  """The summaries of the splits that could be opened, and every problem found (repeats included)."""
   source: str
   path: str
   splits: list[SplitSummary]
   problems: list[str]
+  masks: str = ""                  # where the masks come from (`sources.mask_source`)
+  warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def infer_source(path: str | pathlib.Path) -> str:
@@ -102,12 +108,17 @@ def check_dataset(config: cfg.Config) -> CheckReport:
     if raw.has_masks:
       summary.mask_fraction = dict(zip(raw.targets, (mask_sums / max(pixels_read, 1)).tolist()))
     summaries.append(summary)
-  return CheckReport(data.source, data.path, summaries, problems)
+  try:
+    masks, warnings = sources.mask_source(config)
+  except DataError:                       # a layout problem, reported by make_source above
+    masks, warnings = "-", []
+  return CheckReport(data.source, data.path, summaries, problems, masks, warnings)
 
 
 def format_report(report: CheckReport) -> str:
   """The summary table and the problem list, as printed by `check`."""
-  lines = [f"dataset {report.path} (data.source={report.source})", ""]
+  lines = [f"dataset {report.path} (data.source={report.source})", f"masks: {report.masks}"]
+  lines += [f"warning: {w}" for w in report.warnings] + [""]
   header = ["split", "examples", "stored HxWxC", "pixel range", "mask fraction", "network input"]
   rows = []
   for s in report.splits:
@@ -120,8 +131,9 @@ def format_report(report: CheckReport) -> str:
     lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
   lines.append("")
   if report.problems:
-    lines.append(f"{len(report.problems)} problem(s):")
-    lines += [f"  {p}" for p in report.problems]
+    counts = collections.Counter(report.problems)      # in the order first found
+    lines.append(f"{len(counts)} problem(s):")
+    lines += [f"  {p}" + (f" (found {n} times)" if n > 1 else "") for p, n in counts.items()]
   else:
     lines.append("no problems found")
   return "\n".join(lines)

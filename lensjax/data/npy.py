@@ -10,10 +10,18 @@ Two layouts, found from `data.path`:
     that needs every arc channel read up front, so the split here is not stratified.
   * split folders: `{train,val,test}/images/NAME.npy` (H, W) or (H, W, 1) with masks of the same names
     in `lens_mask/` and `arc_mask/`.
+
+Opening a split checks every value it will read, before anything trains on it: each file's header (shape,
+dtype, a size that holds the array it announces), then every pixel (finite) and every mask value (0/1 or
+0/255) in one vectorised pass over the memory maps, chunk by chunk so memory stays bounded.
+
+Masks are read from `masks.npy` only: another `.npy` beside `images.npy` whose name suggests masks
+(`mask.npy`, `Masks.npy`, `labels.npy`, ...) is not read, and `mask_source` says so.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 from typing import Any, Sequence
 
@@ -27,6 +35,8 @@ IMAGES_FILE = "images.npy"
 MASKS_FILE = "masks.npy"
 # Split-folder layout: the folder holding each target's masks.
 MASK_FOLDERS = {"lens": "lens_mask", "arcs": "arc_mask"}
+# Parts of a file name that suggest masks saved under another name than MASKS_FILE.
+MASK_LIKE_NAMES = ("mask", "label", "seg", "truth", "target", "gt")
 
 
 def npy_header(path: pathlib.Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -38,11 +48,17 @@ def npy_header(path: pathlib.Path) -> tuple[tuple[int, ...], np.dtype]:
         shape, _, dtype = np.lib.format.read_array_header_1_0(f)
       else:
         shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+      data_offset = f.tell()
+      file_size = os.fstat(f.fileno()).st_size
   except (ValueError, OSError) as e:
     raise DataError(f"{path}: is not a readable .npy array ({e}). Re-save it with np.save") from None
   if dtype.hasobject:
     raise DataError(f"{path}: holds Python objects, which would have to be unpickled; lensjax reads plain "
                     "numeric arrays only. Save the data with np.save(path, array.astype(np.float32))")
+  expected = data_offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  if file_size < expected:
+    raise DataError(f"{path}: is cut short: {file_size} bytes, but its header announces a {tuple(shape)} {dtype} "
+                    f"array of {expected} bytes. Copy or save it again")
   return tuple(shape), dtype
 
 
@@ -73,6 +89,10 @@ class NpyArraySource(sources.RawSource):
     if not len(self.rows):
       raise DataError(f"{images_path}: its {shape[0]} images leave none for the {split} split with "
                       f"data.split_fractions={tuple(data.split_fractions)}")
+    problems = validation.scan_rows(validation.load_npy(images_path), self.rows, images_path, "image")
+    if masks_path is not None:
+      problems += validation.scan_rows(validation.load_npy(masks_path), self.rows, masks_path, "mask")
+    raise_if_any(problems)
 
   def __len__(self) -> int:
     return len(self.rows)
@@ -143,13 +163,16 @@ class NpyFolderSource(sources.RawSource):
       except DataError as e:
         problems += e.problems
         continue
-      problems += validation.check_image_dtype(dtype, str(f))
+      dtype_problems = validation.check_image_dtype(dtype, str(f))
+      problems += dtype_problems
       if len(shape) == 3 and shape[-1] == 1:
         shape = shape[:2]
       if len(shape) != 2:
         problems.append(f"{f}: has shape {shape}; expected one (H, W) or (H, W, 1) image per file")
         continue
       shapes.setdefault(shape, f)
+      if not dtype_problems:
+        problems += validation.image_problems(validation.load_npy(f), str(f))
       for target in self.targets:
         mask_file = root / split / MASK_FOLDERS[target] / f.name
         try:
@@ -157,9 +180,12 @@ class NpyFolderSource(sources.RawSource):
         except DataError as e:
           problems += e.problems
           continue
-        problems += validation.check_mask_dtype(mask_dtype, str(mask_file))
+        dtype_problems = validation.check_mask_dtype(mask_dtype, str(mask_file))
+        problems += dtype_problems
         if mask_shape not in (shape, (*shape, 1)):
           problems.append(f"{mask_file}: has shape {mask_shape}; expected {shape}, the shape of its image")
+        elif not dtype_problems:
+          problems += validation.mask_problems(validation.load_npy(mask_file), str(mask_file))
     if len(shapes) > 1:
       listed = ", ".join(f"{shape} ({f.name})" for shape, f in shapes.items())
       problems.append(f"{images_dir}: images of different shapes: {listed}; batches need one shape")
@@ -188,20 +214,44 @@ class NpyFolderSource(sources.RawSource):
     return f"NpyFolderSource({self.root}, split={self.split!r}, targets={self.targets})"
 
 
-def open_npy(config: cfg.Config, split: str) -> sources.RawSource:
-  """The .npy layout at `config.data.path`: an `images.npy` (file or folder holding it) or split folders."""
-  data = config.data
-  path = pathlib.Path(data.path)
+def _images_file(path: pathlib.Path) -> pathlib.Path | None:
+  """The `images.npy` that `data.path` names (the file, or the folder holding it); None for split folders."""
   if path.suffix == ".npy":
     images_path = path
   elif (path / IMAGES_FILE).is_file():
     images_path = path / IMAGES_FILE
   elif any((path / s / "images").is_dir() for s in sources.SPLITS):
-    return NpyFolderSource(path, split, data.targets)
+    return None
   else:
     raise DataError(f"{path}: holds neither {IMAGES_FILE} nor {{train,val,test}}/images/*.npy split folders; "
                     "point data.path at the dataset folder or at its images.npy")
   if not images_path.is_file():
     raise DataError(f"{images_path}: no such file")
+  return images_path
+
+
+def open_npy(config: cfg.Config, split: str) -> sources.RawSource:
+  """The .npy layout at `config.data.path`: an `images.npy` (file or folder holding it) or split folders."""
+  images_path = _images_file(pathlib.Path(config.data.path))
+  if images_path is None:
+    return NpyFolderSource(pathlib.Path(config.data.path), split, config.data.targets)
   masks_path = images_path.with_name(MASKS_FILE)
   return NpyArraySource(images_path, masks_path if masks_path.is_file() else None, split, config)
+
+
+def mask_source(path: str | pathlib.Path) -> tuple[str, list[str]]:
+  """Where the masks of the .npy dataset at `path` come from, and warnings about mask files that are not read.
+
+  Looks at file names only (nothing is opened): ('masks.npy', []) or ('made from the lens and arc channels by
+  the percentile rule (no masks.npy)', [a warning per near-miss such as mask.npy or labels.npy]).
+  """
+  images_path = _images_file(pathlib.Path(path))
+  if images_path is None:
+    return f"{'/, '.join(MASK_FOLDERS.values())}/ (one NAME.npy per image)", []
+  if images_path.with_name(MASKS_FILE).is_file():
+    return MASKS_FILE, []
+  near_misses = sorted(f for f in images_path.parent.glob("*.npy")
+                       if f != images_path and any(part in f.stem.lower() for part in MASK_LIKE_NAMES))
+  warnings = [f"{f}: not read; masks are read from {images_path.with_name(MASKS_FILE)} only. Rename it to "
+              f"{MASKS_FILE} to train on it, or remove it to silence this warning" for f in near_misses]
+  return f"made from the lens and arc channels by the percentile rule (no {MASKS_FILE})", warnings

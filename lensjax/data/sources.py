@@ -241,6 +241,22 @@ def make_raw_source(config: cfg.Config, split: str) -> RawSource:
   raise ValueError(f"data.source={data.source!r}: expected sim, npy, png, chaos or fits")
 
 
+def mask_source(config: cfg.Config) -> tuple[str, list[str]]:
+  """Where the masks of `config.data` come from, for the start-up log and `data check`, and warnings.
+
+  Looks at names only (no file is read), e.g. ('masks.npy', []) or ('made from the lens and arc channels by
+  the percentile rule (no masks.npy)', ['.../mask.npy: not read; ...']).
+  """
+  from lensjax.data import npy  # pylint: disable=g-import-not-at-top
+  data = config.data
+  if data.source == "npy" and data.path:
+    return npy.mask_source(data.path)
+  described = {"sim": "the simulator's (config.sim.mask_rule)", "npy": "masks.npy",
+               "png": "masks/NAME.png beside images/NAME.png", "chaos": "the CHAOS Ground/ PNGs",
+               "fits": "none (FITS cutouts have no masks)"}
+  return described.get(data.source, "unknown"), []
+
+
 def resolved_normalize(data: cfg.DataConfig) -> str:
   """`data.normalize` with 'auto' resolved: 'none' for png and chaos CT (already in [0, 1]), else 'percentile'."""
   if data.normalize != "auto":

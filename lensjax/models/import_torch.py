@@ -17,8 +17,9 @@ dropped. Names map one-to-one onto ISNet's attribute paths, which are upstream's
   side1.weight, side1.bias                       -> side1/kernel, side1/bias
 `*.num_batches_tracked` is ignored (Flax's BatchNorm uses a fixed momentum). ISNetDIS has no 1x1 convs.
 The input and output channels are read from `conv_in.weight` and `side1.weight`; every tensor must then
-have exactly the shape ISNet expects. The first unexpected or wrongly shaped name (in file order), else the
-first missing one, is reported, and nothing is written.
+have exactly the shape ISNet expects and finite values. The first unexpected, wrongly shaped or non-finite
+name (in file order), else the first missing one, is reported, and nothing is written. An empty, cut short
+or non-PyTorch file is reported as such.
 
 Checkpoint layout of DIR (read it back with `load_isnet_checkpoint(DIR)`):
   DIR/model.json  the `lensjax.models.build` options {"name": "isnet", "in_channels", "out_channels",
@@ -51,6 +52,9 @@ from lensjax.models.isnet import MAX_DEPTH, ISNet
 NESTED_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "params")
 DATA_PARALLEL_PREFIX = "module."
 IGNORED_SUFFIX = ".num_batches_tracked"
+# How a .pth file starts: a zip archive (torch.save since PyTorch 1.6) or a pickle (the legacy format, protocol 2+).
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTO = 0x80
 # Flax variable name -> PyTorch parameter or buffer name.
 TORCH_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 
@@ -62,11 +66,22 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
   path = pathlib.Path(path)
   if not path.is_file():
     raise ValueError(f"{path}: no such file; pass the path of a PyTorch .pth state_dict")
+  with open(path, "rb") as f:
+    head = f.read(len(ZIP_MAGIC))
+  if not head:
+    raise ValueError(f"{path}: is empty (0 bytes); the download or copy did not finish: fetch the .pth again")
+  if head != ZIP_MAGIC and head[0] != PICKLE_PROTO:
+    raise ValueError(f"{path}: is not a PyTorch .pth file (neither a torch.save zip archive nor a pickle); "
+                     "pass the file written by torch.save(model.state_dict(), path)")
   try:
     contents = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as error:
     raise ValueError(f"{path}: refused by torch.load(weights_only=True), which loads tensors and plain "
                      f"containers only; save the model's state_dict() instead. ({error})") from None
+  except (EOFError, RuntimeError, OSError) as error:   # a cut-short or damaged archive
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise ValueError(f"{path}: cannot be read as a .pth file, it is cut short or damaged ({detail}); fetch or "
+                     "save it again") from None
   state_dict = _find_state_dict(contents, path)
   if all(name.startswith(DATA_PARALLEL_PREFIX) for name in state_dict):
     state_dict = {name[len(DATA_PARALLEL_PREFIX):]: tensor for name, tensor in state_dict.items()}
@@ -122,7 +137,7 @@ def isnet_from_state_dict(state_dict: Mapping[str, np.ndarray], *, width: float 
   Returns:
     The model in train mode (BatchNorm uses batch statistics); call `.eval()` to use the imported ones.
   Raises:
-    ValueError: naming the first unexpected, wrongly shaped or missing entry.
+    ValueError: naming the first unexpected, wrongly shaped or non-finite entry, else the first missing one.
   """
   for name in ("conv_in.weight", "side1.weight"):
     if name not in state_dict or np.ndim(state_dict[name]) != 4:
@@ -145,10 +160,15 @@ def isnet_from_state_dict(state_dict: Mapping[str, np.ndarray], *, width: float 
     path, shape = expected[name]
     if tuple(np.shape(array)) != shape:
       raise ValueError(f"{source}: '{name}' has shape {tuple(np.shape(array))}, but {described} expects {shape}")
+    array = np.asarray(array, np.float32)
+    if not np.isfinite(array).all():
+      bad = int(array.size - np.isfinite(array).sum())
+      raise ValueError(f"{source}: '{name}' holds {bad} NaN or infinite values of {array.size}; these weights "
+                       "come from a diverged or damaged run: export them again from a good checkpoint")
     node = pure_state
     for key in path[:-1]:
       node = node.setdefault(key, {})
-    node[path[-1]] = jnp.asarray(_from_torch(np.asarray(array, np.float32)))
+    node[path[-1]] = jnp.asarray(_from_torch(array))
   missing = [name for name in expected if name not in state_dict]
   if missing:
     raise ValueError(f"{source}: missing entry '{missing[0]}' (shape {expected[missing[0]][1]}) of {described}"
