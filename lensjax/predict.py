@@ -359,14 +359,15 @@ def _crop_back(probabilities: np.ndarray, image: InputImage, preprocessor: trans
   return np.ascontiguousarray(region, np.float32)
 
 
-def _batch_size(config: cfg.Config, tile_shape: tuple[int, int], requested: int | None) -> int:
+def _batch_size(config: cfg.Config, tile_shape: tuple[int, int], requested: int | None, tiles: int) -> int:
   """Tiles per network call: `requested`, else as many as hold the pixels of train.eval_batch_size training
-  images (a size evaluation is known to fit in memory), at least one; a multiple of the number of devices."""
+  images (a size evaluation is known to fit in memory); at most `tiles` (all there are), at least one, and
+  a multiple of the number of devices."""
   if requested is None:
     side = max(config.data.crop_size, config.data.resize_to, config.data.pad_to) or 4 * SIZE_MULTIPLE
-    requested = max(1, config.train.eval_batch_size * side * side // (tile_shape[0] * tile_shape[1]))
+    requested = config.train.eval_batch_size * side * side // (tile_shape[0] * tile_shape[1])
   devices = jax.device_count()
-  return devices * math.ceil(requested / devices)
+  return devices * math.ceil(max(1, min(requested, tiles)) / devices)
 
 
 def predict_images(run: evaluate.LoadedRun, inputs: Sequence[InputImage], *, batch_size: int | None = None,
@@ -388,7 +389,9 @@ def predict_images(run: evaluate.LoadedRun, inputs: Sequence[InputImage], *, bat
     canvas = canvas_shape(image.height, image.width, preprocessor)
     groups.setdefault((min(tile, canvas[0]), min(tile, canvas[1])), []).append((image, canvas))
   for shape, members in sorted(groups.items()):
-    rows = _batch_size(run.config, shape, batch_size)
+    tile_count = sum(len(tile_windows(height, tile, tile_overlap)) * len(tile_windows(width, tile, tile_overlap))
+                     for _, (height, width) in members)
+    rows = _batch_size(run.config, shape, batch_size, tile_count)
     queue: collections.deque = collections.deque()
     done, tiles = 0, 0
 

@@ -93,19 +93,21 @@ def fit(config: cfg.SimConfig, observed: np.ndarray, mask: np.ndarray, start: di
           [dict(theta_E=0.1, e1=-0.5, e2=-0.5, center_x=x - 0.3, center_y=y - 0.3),
            dict(gamma1=-0.3, gamma2=-0.3)],
           [dict(theta_E=3.0, e1=0.5, e2=0.5, center_x=x + 0.3, center_y=y + 0.3), dict(gamma1=0.3, gamma2=0.3)])
-  light = lambda cx, cy, r: (
-      [dict(R_sersic=r, n_sersic=2.0, e1=0.0, e2=0.0, center_x=cx, center_y=cy)],
-      [dict(R_sersic=r / 2, n_sersic=0.5, e1=0.1, e2=0.1, center_x=0.1, center_y=0.1)], [{}],
-      [dict(R_sersic=0.005, n_sersic=0.5, e1=-0.5, e2=-0.5, center_x=cx - 1.0, center_y=cy - 1.0)],
+  light = lambda cx, cy, r, n: (
+      [dict(R_sersic=r, n_sersic=n, e1=0.0, e2=0.0, center_x=cx, center_y=cy)],
+      [dict(R_sersic=r / 2, n_sersic=n / 2, e1=0.1, e2=0.1, center_x=0.1, center_y=0.1)], [{}],
+      [dict(R_sersic=0.01, n_sersic=0.5, e1=-0.5, e2=-0.5, center_x=cx - 1.0, center_y=cy - 1.0)],
       [dict(R_sersic=3.0, n_sersic=8.0, e1=0.5, e2=0.5, center_x=cx + 1.0, center_y=cy + 1.0)])
-  kwargs_params = dict(lens_model=lens, lens_light_model=light(x, y, 0.3), source_model=light(x, y, 0.1))
+  kwargs_params = dict(lens_model=lens, lens_light_model=light(x, y, 0.5, 4.0), source_model=light(x, y, 0.1, 1.0))
   kwargs_likelihood = dict(image_likelihood_mask_list=[mask.astype(bool)], check_bounds=True)
   sequence = FittingSequence(dict(multi_band_list=[[kwargs_data, kwargs_psf, {"supersampling_factor": 1}]],
                                   multi_band_type="single-band"),
                              kwargs_model, dict(joint_lens_with_light=[[0, 0, ["center_x", "center_y"]]]),
                              kwargs_likelihood, kwargs_params)
-  chain = sequence.fit_sequence([["PSO", dict(sigma_scale=1.0, n_particles=60, n_iterations=150)],
-                                 ["MCMC", dict(n_burn=150, n_run=100, walkerRatio=4, sigma_scale=0.1,
+  # A wide particle swarm, a narrow one from its best point, then MCMC for the posterior.
+  chain = sequence.fit_sequence([["PSO", dict(sigma_scale=1.0, n_particles=80, n_iterations=200)],
+                                 ["PSO", dict(sigma_scale=0.1, n_particles=80, n_iterations=100)],
+                                 ["MCMC", dict(n_burn=200, n_run=100, walkerRatio=4, sigma_scale=0.05,
                                                progress=False)]])
   _, samples, names, _ = chain[-1]
   theta_e = samples[:, names.index("theta_E_lens0")]
