@@ -210,31 +210,34 @@ def theta_e_proxy(run: LoadedRun, split: str, chunk: int = 256) -> dict[str, Any
 
   Each image is predicted as `python -m lensjax.predict` does and measured by `catalog.measure` at threshold 0.5,
   in arcsec at the simulator's pixel scale. Returns {"lenses", "found" (lenses whose arcs the catalog finds),
-  "median_abs_error_arcsec", "theta_E", "radius_arcsec" (per found lens)}, or None for data other than
-  simulated, a run without an arcs target, or several processes (prediction runs in one).
+  "non_lenses", "non_lenses_found" (non-lenses it finds arcs in), "median_abs_error_arcsec", "theta_E",
+  "radius_arcsec" (per found lens)}, or None for data other than simulated, a run without an arcs target, or
+  several processes (prediction runs in one).
   """
   from lensjax import predict  # pylint: disable=g-import-not-at-top  (predict imports this module)
   config = run.config
   if config.data.source != "sim" or catalog.ARCS_TARGET not in config.data.targets or jax.process_count() > 1:
     return None
   raw = sources.make_raw_source(config, split)
-  lenses, theta_e, radius = 0, [], []
+  lenses, non_lenses_found, theta_e, radius = 0, 0, [], []
   for start in range(0, len(raw), chunk):
     examples = raw._getitems(range(start, min(start + chunk, len(raw))))     # Grain's batched read
     images = [predict.InputImage(str(i), raw.describe(start + i), *e["image"].shape[:2], lambda e=e: e["image"])
               for i, e in enumerate(examples)]
     for image, pixels, probabilities in predict.predict_images(run, images, report=lambda _: None):
       example = examples[int(image.name)]
-      if example["is_lens"] < 0.5:
-        continue
-      lenses += 1
       row = catalog.measure(pixels, probabilities, config.data.targets, threshold=0.5,
                             min_arc_area=predict.Options.min_arc_area, pixel_scale=config.sim.pixel_scale)
+      if example["is_lens"] < 0.5:
+        non_lenses_found += row["arcs_found"]
+        continue
+      lenses += 1
       if row["arcs_found"] and row["arc_radius_arcsec"] is not None:
         theta_e.append(float(example["theta_E"]))
         radius.append(row["arc_radius_arcsec"])
   error = float(np.median(np.abs(np.subtract(radius, theta_e)))) if radius else None
-  return {"lenses": lenses, "found": len(radius), "median_abs_error_arcsec": error, "theta_E": theta_e,
+  return {"lenses": lenses, "found": len(radius), "non_lenses": len(raw) - lenses,
+          "non_lenses_found": non_lenses_found, "median_abs_error_arcsec": error, "theta_E": theta_e,
           "radius_arcsec": radius}
 
 
@@ -305,7 +308,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Einstein-radius proxy", "",
               f"The arc-light-weighted radius of `python -m lensjax.predict`'s catalog against the true θ_E: median "
               f"absolute error {proxy['median_abs_error_arcsec']:.3f} arcsec over the {proxy['found']} of "
-              f"{proxy['lenses']} lenses whose arcs it finds (scatter plot: `*_theta_E.png`)."]
+              f"{proxy['lenses']} lenses whose arcs it finds (scatter plot: `*_theta_E.png`); it finds arcs in "
+              f"{proxy['non_lenses_found']} of the {proxy['non_lenses']} non-lenses."]
   return "\n".join(lines) + "\n"
 
 

@@ -328,6 +328,7 @@ def test_evaluate_compares_the_catalogs_radius_proxy_with_the_true_einstein_radi
   proxy = json.loads(out.with_suffix(".json").read_text())["theta_E_proxy"]
   lenses = sum(b["images"] for b in json.loads(out.with_suffix(".json").read_text())["iou_bins"]["theta_E"]["bins"])
   assert proxy["lenses"] == lenses and len(proxy["theta_E"]) == len(proxy["radius_arcsec"]) == proxy["found"]
+  assert proxy["lenses"] + proxy["non_lenses"] == 16 and 0 <= proxy["non_lenses_found"] <= proxy["non_lenses"]
   assert all(0.5 <= theta <= 1.5 for theta in proxy["theta_E"])        # the simulator's prior, in arcsec
   if proxy["found"]:
     assert proxy["median_abs_error_arcsec"] == pytest.approx(

@@ -13,7 +13,7 @@
    Einstein-radius proxy and lens centroid; prints the fitted theta_E with its error next to the truth, and
    writes OUT/fit.json.
 
-Needs the `bench` (lenstronomy) and `fits` (astropy) extras. A few minutes on 2 cores.
+Needs the `bench` (lenstronomy) and `fits` (astropy) extras. About 10 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -105,9 +105,9 @@ def fit(config: cfg.SimConfig, observed: np.ndarray, mask: np.ndarray, start: di
                              kwargs_model, dict(joint_lens_with_light=[[0, 0, ["center_x", "center_y"]]]),
                              kwargs_likelihood, kwargs_params)
   # A wide particle swarm, a narrow one from its best point, then MCMC for the posterior.
-  chain = sequence.fit_sequence([["PSO", dict(sigma_scale=1.0, n_particles=80, n_iterations=200)],
-                                 ["PSO", dict(sigma_scale=0.1, n_particles=80, n_iterations=100)],
-                                 ["MCMC", dict(n_burn=200, n_run=100, walkerRatio=4, sigma_scale=0.05,
+  chain = sequence.fit_sequence([["PSO", dict(sigma_scale=1.0, n_particles=100, n_iterations=250)],
+                                 ["PSO", dict(sigma_scale=0.1, n_particles=100, n_iterations=150)],
+                                 ["MCMC", dict(n_burn=600, n_run=200, walkerRatio=4, sigma_scale=0.05,
                                                progress=False)]])
   _, samples, names, _ = chain[-1]
   theta_e = samples[:, names.index("theta_E_lens0")]
