@@ -109,7 +109,7 @@ class Options:
   format: str | None = None            # 'npy' or 'fits'; None: fits for FITS inputs, npy for the others
   lenstronomy_mask: bool = False       # also write NAME_likelihood_mask.npy
   mask_dilation: int = 3               # pixels the arcs mask grows by in the likelihood mask
-  min_arc_area: float = 20.0           # probability-weighted arc area (pixels) from which arcs count as found
+  min_arc_area: float = 100.0          # probability-weighted arc area (pixels) from which arcs count as found
   pixel_scale: float | None = None     # arcsec per pixel of inputs without a WCS
   sheet: int = 0                       # the N most and least confident predictions in sheet.png; 0: none
   tile: int = DEFAULT_TILE             # images larger than this on a side are predicted in tiles of this side

@@ -2,8 +2,9 @@
 
   python docs/examples/fit_with_lenstronomy.py RUN_DIR --out /tmp/lens_fit [--index 7]
 
-1. Renders simulated lens INDEX (lensjax's simulator with Gaussian noise, one smooth Sersic source) and writes
-   it as a FITS cutout with a sky WCS (0.031 arcsec pixels).
+1. Renders simulated lens INDEX (lensjax's simulator: one smooth Sersic source, Gaussian noise of a single
+   257 s exposure, the arcs' brightest pixels at a signal-to-noise of about 70) and writes it as a FITS cutout
+   with a sky WCS (0.031 arcsec pixels).
 2. Runs `python -m lensjax.predict RUN_DIR cutout.fits --out OUT --lenstronomy-mask`: cutout.fits (masks with
    the input's WCS), predictions.csv and cutout_likelihood_mask.npy.
 3. Draws OUT/overlay_check.png: the arcs mask of OUT/cutout.fits placed on the input through the two files'
@@ -42,7 +43,7 @@ SKY_CENTRE_DEG = (150.1163, 2.2058)
 
 def render_lens(index: int) -> tuple[cfg.SimConfig, np.ndarray, dict]:
   """(config, observed (H, W) counts, the scene's lenstronomy kwargs) of simulated lens `index`."""
-  config = cfg.SimConfig(noise="gaussian", lens_fraction=1.0, clumps_max=0, field_galaxies_max=0)
+  config = cfg.SimConfig(noise="gaussian", num_exposures=1, lens_fraction=1.0, clumps_max=0, field_galaxies_max=0)
   simulator = Simulator(config, seed=2026)
   observed = simulator.render([index])["observed"][0]
   scene = {name: values[0] for name, values in simulator.scenes([index]).items()}
