@@ -15,9 +15,10 @@ lenses, with the non-lenses (no arcs) in a row of their own, and how well the ca
 (`python -m lensjax.predict`'s arc-light-weighted radius, `lensjax.catalog`) follows the true theta_E: the
 median absolute error in arcsec over the lenses whose arcs it finds, and a scatter plot.
 
-Files: `<RUN_DIR>/evaluation_<split>_step<N>.md` and `.json` (or `--out PATH` -> PATH.md, PATH.json), and for
-simulated data `..._theta_E.png` beside them; the table is also printed. `--checkpoint best` (default) is the best by the run's `checkpoint.best_metric` (the latest
-when no checkpoint was saved at an evaluation step), `last` the newest, or a step number.
+Files: `<RUN_DIR>/evaluation_<split>_step<N>.md` and `.json` (or `--out PATH` -> PATH.md, PATH.json); the table
+is also printed. `--checkpoint best` (default) is the best by the run's `checkpoint.best_metric` (the latest
+when no checkpoint was saved at an evaluation step), `last` the newest, or a step number. For simulated data
+the theta_E scatter plot goes beside them: `..._theta_E.png`.
 
 RUN_DIR can also be a directory of imported IS-Net weights (`python -m lensjax.models.import_torch`:
 model.json + state/); then `--config` names the config whose data and targets to use.

@@ -31,13 +31,14 @@ Written to --out, per image NAME (the file's stem; `_<i>` numbers the images of 
                                 with a WCS or --pixel-scale, arcsec and RA/Dec
   sheet.png                     with --sheet N: the N most and the N least confident predictions' overlays
 For FITS inputs (and with --format fits for any input) the masks and probabilities go, instead of the two
-.npy files, into FILE.fits per input file: an empty primary HDU, then per target the image HDUs
+.npy files, into NAME.fits, one per input file (NAME its stem): an empty primary HDU, then per target the image HDUs
 <TARGET>_MASK (uint8) and <TARGET>_PROB (float32) of the input's shape (a cube stays a cube), each with the
 input header's sky and instrument cards unchanged (so they overlay the cutout exactly in DS9 or astropy) and
 the cards LJVERSN, LJRUNDIR, LJSTEP, LJTHRESH (lensjax version, run directory, checkpoint step, threshold).
 
 Nothing is ever written over an input: a command whose output would land on one of its inputs (e.g. `--out`
-the input folder holding an earlier prediction) is refused before anything runs. Every file is written to a
+the input folder holding an earlier prediction, or FITS inputs with `--out` their own folder) is refused
+before anything is written. Every file is written to a
 temporary name in --out and renamed, so a reader never sees half a file.
 
 `--config.data.*` overrides change the preprocessing (e.g. `--config.data.normalize=minmax` for images in

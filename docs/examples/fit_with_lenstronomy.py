@@ -1,4 +1,4 @@
-"""Fits one simulated lens with lenstronomy, its likelihood restricted to lensjax's predicted arcs (docs/lens-modelling.md).
+"""Fits a simulated lens with lenstronomy, the likelihood on lensjax's predicted arcs (docs/lens-modelling.md).
 
   python docs/examples/fit_with_lenstronomy.py RUN_DIR --out /tmp/lens_fit [--index 7]
 
@@ -61,11 +61,14 @@ def write_cutout(path: pathlib.Path, observed: np.ndarray, pixel_scale: float) -
   fits.PrimaryHDU(observed.astype(np.float32), header=header).writeto(path, overwrite=True)
 
 
-def overlay_check(cutout: pathlib.Path, prediction: pathlib.Path, path: pathlib.Path) -> None:
-  """The input image on its own WCS, the arcs mask's outline placed through the prediction's WCS."""
+def overlay_check(cutout: pathlib.Path, prediction: pathlib.Path, path: pathlib.Path) -> float:
+  """Draws the input image on its own WCS with the arcs mask's outline placed through the prediction's WCS;
+  returns the largest sky separation (arcsec) between the two WCS's positions of the mask's pixels."""
   with fits.open(cutout) as given, fits.open(prediction) as predicted:
     image, sky_in = given[0].data, astropy_wcs.WCS(given[0].header)
     arcs, sky_out = predicted["ARCS_MASK"].data, astropy_wcs.WCS(predicted["ARCS_MASK"].header)
+    rows, columns = np.nonzero(arcs)
+    separation = sky_in.pixel_to_world(columns, rows).separation(sky_out.pixel_to_world(columns, rows))
     figure = Figure(figsize=(5.5, 5), dpi=100, layout="constrained")
     axes = figure.add_subplot(projection=sky_in)
     axes.imshow(np.arcsinh(image / np.percentile(image, 99)), cmap="gray", origin="lower")
@@ -74,6 +77,7 @@ def overlay_check(cutout: pathlib.Path, prediction: pathlib.Path, path: pathlib.
     axes.set_ylabel("Dec")
     axes.set_title("ARCS_MASK of the prediction, placed by its own WCS", fontsize="small")
     FigureCanvasAgg(figure).print_png(str(path))
+  return float(separation.max().to_value("arcsec"))
 
 
 def fit(config: cfg.SimConfig, observed: np.ndarray, mask: np.ndarray, start: dict) -> dict:
@@ -87,19 +91,20 @@ def fit(config: cfg.SimConfig, observed: np.ndarray, mask: np.ndarray, start: di
   kwargs_psf = dict(psf_type="GAUSSIAN", fwhm=config.psf_fwhm, truncation=config.psf_truncation)
   kwargs_model = dict(lens_model_list=["SIE", "SHEAR"], lens_light_model_list=["SERSIC_ELLIPSE"],
                       source_light_model_list=["SERSIC_ELLIPSE"])
-  x, y, radius = start["x"], start["y"], start["theta_E"]
+  # The catalog's lens centroid is good to a pixel or two: the lens (and its light) stay within 5 pixels of it.
+  x, y, radius, box = start["x"], start["y"], start["theta_E"], 5 * scale
   lens = ([dict(theta_E=radius, e1=0.0, e2=0.0, center_x=x, center_y=y), dict(gamma1=0.0, gamma2=0.0, ra_0=0, dec_0=0)],
-          [dict(theta_E=0.2, e1=0.1, e2=0.1, center_x=0.05, center_y=0.05), dict(gamma1=0.05, gamma2=0.05)],
+          [dict(theta_E=0.2, e1=0.1, e2=0.1, center_x=scale, center_y=scale), dict(gamma1=0.05, gamma2=0.05)],
           [{}, dict(ra_0=0, dec_0=0)],
-          [dict(theta_E=0.1, e1=-0.5, e2=-0.5, center_x=x - 0.3, center_y=y - 0.3),
-           dict(gamma1=-0.3, gamma2=-0.3)],
-          [dict(theta_E=3.0, e1=0.5, e2=0.5, center_x=x + 0.3, center_y=y + 0.3), dict(gamma1=0.3, gamma2=0.3)])
-  light = lambda cx, cy, r, n: (
+          [dict(theta_E=0.1, e1=-0.5, e2=-0.5, center_x=x - box, center_y=y - box), dict(gamma1=-0.3, gamma2=-0.3)],
+          [dict(theta_E=3.0, e1=0.5, e2=0.5, center_x=x + box, center_y=y + box), dict(gamma1=0.3, gamma2=0.3)])
+  light = lambda cx, cy, r, n, reach: (
       [dict(R_sersic=r, n_sersic=n, e1=0.0, e2=0.0, center_x=cx, center_y=cy)],
-      [dict(R_sersic=r / 2, n_sersic=n / 2, e1=0.1, e2=0.1, center_x=0.1, center_y=0.1)], [{}],
-      [dict(R_sersic=0.01, n_sersic=0.5, e1=-0.5, e2=-0.5, center_x=cx - 1.0, center_y=cy - 1.0)],
-      [dict(R_sersic=3.0, n_sersic=8.0, e1=0.5, e2=0.5, center_x=cx + 1.0, center_y=cy + 1.0)])
-  kwargs_params = dict(lens_model=lens, lens_light_model=light(x, y, 0.5, 4.0), source_model=light(x, y, 0.1, 1.0))
+      [dict(R_sersic=r / 2, n_sersic=n / 2, e1=0.1, e2=0.1, center_x=reach / 4, center_y=reach / 4)], [{}],
+      [dict(R_sersic=0.01, n_sersic=0.5, e1=-0.5, e2=-0.5, center_x=cx - reach, center_y=cy - reach)],
+      [dict(R_sersic=3.0, n_sersic=8.0, e1=0.5, e2=0.5, center_x=cx + reach, center_y=cy + reach)])
+  kwargs_params = dict(lens_model=lens, lens_light_model=light(x, y, 0.5, 4.0, box),
+                       source_model=light(x, y, 0.1, 1.0, 1.0))
   kwargs_likelihood = dict(image_likelihood_mask_list=[mask.astype(bool)], check_bounds=True)
   sequence = FittingSequence(dict(multi_band_list=[[kwargs_data, kwargs_psf, {"supersampling_factor": 1}]],
                                   multi_band_type="single-band"),
@@ -130,7 +135,8 @@ def main() -> int:
   write_cutout(out / "input" / "cutout.fits", observed, config.pixel_scale)
   subprocess.run([sys.executable, "-m", "lensjax.predict", args.run_dir, str(out / "input" / "cutout.fits"),
                   "--out", str(out / "prediction"), "--lenstronomy-mask"], check=True)
-  overlay_check(out / "input" / "cutout.fits", out / "prediction" / "cutout.fits", out / "overlay_check.png")
+  separation = overlay_check(out / "input" / "cutout.fits", out / "prediction" / "cutout.fits",
+                             out / "overlay_check.png")
   with open(out / "prediction" / "predictions.csv") as file:
     row = next(csv.DictReader(file))
   middle = (config.image_size - 1) / 2
@@ -139,11 +145,13 @@ def main() -> int:
   result = fit(config, observed, np.load(out / "prediction" / "cutout_likelihood_mask.npy"), start)
   true_theta_e = truth["lens"][1][0]["theta_E"]
   result.update(index=args.index, theta_E_true=true_theta_e, catalog_radius_arcsec=start["theta_E"],
+                mask_sky_separation_arcsec=separation,
                 pulls_sigma=(result["theta_E_mean"] - true_theta_e) / result["theta_E_std"])
   (out / "fit.json").write_text(json.dumps(result, indent=2) + "\n")
   print(f"theta_E: true {true_theta_e:.4f}\", catalog proxy {start['theta_E']:.4f}\", lenstronomy fit "
         f"{result['theta_E_mean']:.4f} +/- {result['theta_E_std']:.4f}\" ({result['pulls_sigma']:+.1f} sigma) on "
-        f"{result['masked_pixels']} masked pixels; wrote {out / 'fit.json'} and {out / 'overlay_check.png'}")
+        f"{result['masked_pixels']} masked pixels (reduced chi2 {result['reduced_chi2']:.2f}); the arcs mask's pixels "
+        f"are {separation:.2g}\" from the input's on the sky; wrote {out / 'fit.json'} and {out / 'overlay_check.png'}")
   return 0
 
 
