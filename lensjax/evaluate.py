@@ -11,13 +11,15 @@ precision and recall, with lensjax's definitions (confusion counts summed over e
 `lensjax.metrics`) and the original's per-image mIoU beside them, then IoU, max F and MAE. For simulated data
 it adds where the model fails: the per-image IoU averaged in quantile bins of the Einstein radius theta_E
 (arcsec), of the arcs' matched-filter signal-to-noise arc_snr and of their flux arc_flux (counts), over the
-lenses, with the non-lenses (no arcs) in a row of their own.
+lenses, with the non-lenses (no arcs) in a row of their own, and how well the catalog's Einstein-radius proxy
+(`python -m lensjax.predict`'s arc-light-weighted radius, `lensjax.catalog`) follows the true theta_E: the
+median absolute error in arcsec over the lenses whose arcs it finds, and a scatter plot.
 
-Files: `<RUN_DIR>/evaluation_<split>_step<N>.md` and `.json` (or `--out PATH` -> PATH.md, PATH.json). The table
-is printed before they are written, so a run directory that cannot be written to (read-only) loses nothing:
-one error line names the path and `--out`, exit status 2. `--checkpoint best` (default) is the best by the
-run's `checkpoint.best_metric` (the latest when no checkpoint was saved at an evaluation step), `last` the
-newest, or a step number.
+Files: `<RUN_DIR>/evaluation_<split>_step<N>.md` and `.json` (or `--out PATH` -> PATH.md, PATH.json), and for
+simulated data the theta_E scatter plot beside them (`..._theta_E.png`). The table is printed before they are
+written, so a run directory that cannot be written to (read-only) loses nothing: one error line names the path
+and `--out`, exit status 2. `--checkpoint best` (default) is the best by the run's `checkpoint.best_metric` (the
+latest when no checkpoint was saved at an evaluation step), `last` the newest, or a step number.
 
 RUN_DIR can also be a directory of imported IS-Net weights (`python -m lensjax.models.import_torch`:
 model.json + state/); then `--config` names the config whose data and targets to use.
@@ -37,7 +39,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lensjax import checkpoint, cli, data, evaluation, parallel, run_directory, train_step
+from lensjax import catalog, checkpoint, cli, data, evaluation, parallel, plots, run_directory, train_step
 from lensjax import config as cfg
 from lensjax.models import import_torch
 
@@ -194,6 +196,42 @@ def binned_iou(per_image: dict[str, np.ndarray], targets: Sequence[str], key: st
           "non_lenses": {"images": int(non_lenses.size), "iou": means(non_lenses) if non_lenses.size else {}}}
 
 
+def theta_e_proxy(run: LoadedRun, split: str, chunk: int = 256) -> dict[str, Any] | None:
+  """The catalog's arc-light-weighted radius against the simulator's theta_E, over the lenses of `split`.
+
+  Each image is predicted as `python -m lensjax.predict` does and measured by `catalog.measure` at threshold 0.5,
+  in arcsec at the simulator's pixel scale. Returns {"lenses", "found" (lenses whose arcs the catalog finds),
+  "non_lenses", "non_lenses_found" (non-lenses it finds arcs in), "median_abs_error_arcsec", "theta_E",
+  "radius_arcsec" (per found lens)}, or None for data other than simulated, a run without an arcs target, or
+  several processes (prediction runs in one).
+  """
+  from lensjax import predict  # pylint: disable=g-import-not-at-top  (predict imports this module)
+  config = run.config
+  if config.data.source != "sim" or catalog.ARCS_TARGET not in config.data.targets or jax.process_count() > 1:
+    return None
+  raw = data.make_raw_source(config, split)
+  lenses, non_lenses_found, theta_e, radius = 0, 0, [], []
+  for start in range(0, len(raw), chunk):
+    examples = raw._getitems(range(start, min(start + chunk, len(raw))))     # Grain's batched read
+    images = [predict.InputImage(str(i), raw.describe(start + i), *e["image"].shape[:2], lambda e=e: e["image"])
+              for i, e in enumerate(examples)]
+    for image, pixels, probabilities in predict.predict_images(run, images, report=lambda _: None):
+      example = examples[int(image.name)]
+      row = catalog.measure(pixels, probabilities, config.data.targets, threshold=0.5,
+                            min_arc_area=predict.Options.min_arc_area, pixel_scale=config.sim.pixel_scale)
+      if example["is_lens"] < 0.5:
+        non_lenses_found += row["arcs_found"]
+        continue
+      lenses += 1
+      if row["arcs_found"] and row["arc_radius_arcsec"] is not None:
+        theta_e.append(float(example["theta_E"]))
+        radius.append(row["arc_radius_arcsec"])
+  error = float(np.median(np.abs(np.subtract(radius, theta_e)))) if radius else None
+  return {"lenses": lenses, "found": len(radius), "non_lenses": len(raw) - lenses,
+          "non_lenses_found": non_lenses_found, "median_abs_error_arcsec": error, "theta_E": theta_e,
+          "radius_arcsec": radius}
+
+
 # ---------------------------------------------------------------------------------------------------
 # The report.
 
@@ -222,7 +260,8 @@ def evaluate_run(run: LoadedRun, split: str, *, batch_size: int | None = None, n
       bins[key] = binned
   return {"run": str(run.path), "checkpoint": run.description, "step": run.step, "split": split,
           "data": config.data.source, "images": int(result.per_image["iou"].shape[0]),
-          "targets": list(config.data.targets), "metrics": result.metrics, "iou_bins": bins}
+          "targets": list(config.data.targets), "metrics": result.metrics, "iou_bins": bins,
+          "theta_E_proxy": theta_e_proxy(run, split)}
 
 
 def _row(cells: Sequence[Any]) -> str:
@@ -255,6 +294,13 @@ def markdown(report: dict[str, Any]) -> str:
       lines.append(_row(["non-lenses", others["images"], *(f"{others['iou'][t]:.4f}" for t in targets)]))
   if report["iou_bins"]:
     lines += ["", "A non-lens has no arcs: its arcs IoU is 1 when nothing is predicted and 0 otherwise."]
+  proxy = report.get("theta_E_proxy")
+  if proxy and proxy["found"]:
+    lines += ["", "## Einstein-radius proxy", "",
+              f"The arc-light-weighted radius of `python -m lensjax.predict`'s catalog against the true θ_E: median "
+              f"absolute error {proxy['median_abs_error_arcsec']:.3f} arcsec over the {proxy['found']} of "
+              f"{proxy['lenses']} lenses whose arcs it finds (scatter plot: `*_theta_E.png`); it finds arcs in "
+              f"{proxy['non_lenses_found']} of the {proxy['non_lenses']} non-lenses."]
   return "\n".join(lines) + "\n"
 
 
@@ -301,6 +347,10 @@ def main(argv: list[str]) -> int:
     markdown_path, json_path = output_paths(pathlib.Path(args.run_dir), report, args.out)
     try:
       write_report(text, report, markdown_path, json_path)
+      if report["theta_E_proxy"] and report["theta_E_proxy"]["found"]:
+        plots.plot_theta_e_proxy(report["theta_E_proxy"]["theta_E"], report["theta_E_proxy"]["radius_arcsec"],
+                                 markdown_path.with_name(markdown_path.stem + "_theta_E.png"),
+                                 title=f"{report['run']}, {report['split']} split")
     except OSError as error:
       parser.exit(2, f"error: cannot write {error.filename or markdown_path} ({error.strerror or error}); the "
                      "results are printed above: pass --out PATH to write PATH.md and PATH.json into a writable "

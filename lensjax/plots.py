@@ -2,13 +2,16 @@
 
 The training loop (process 0) writes two PNGs into the run directory and rewrites them at each evaluation:
 
-  curves.png        training loss, validation loss, and IoU per target (validation solid, training dashed)
-                    against the step, from `metrics.jsonl`
+  curves.png        training loss, validation loss (both on log axes: the first steps' loss would flatten
+                    the rest), and IoU per target (validation solid, training dashed) against the step,
+                    from `metrics.jsonl`
   predictions.png   a fixed set of validation images (the first `train.figure_images` of the split): the
                     network input, then per target the ground truth and the predicted probability, with the
                     image's IoU at the 0.5 threshold
 
-`overlay` draws mask outlines in colour over an image (used by `python -m lensjax.predict`).
+`overlay` draws mask outlines in colour over an image and `plot_contact_sheet` lays out such overlays (both for
+`python -m lensjax.predict`); `plot_theta_e_proxy` compares the catalog's Einstein-radius proxy with the
+simulator's theta_E (for `python -m lensjax.evaluate`).
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so nothing here changes the process's
 matplotlib backend or keeps figures alive between calls.
@@ -27,6 +30,7 @@ import cv2
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 CURVES_FILE = "curves.png"
 PREDICTIONS_FILE = "predictions.png"
@@ -67,14 +71,12 @@ def _save(figure: Figure, path: pathlib.Path) -> pathlib.Path:
   return path
 
 
-def plot_curves(records: Sequence[dict[str, Any]], targets: Sequence[str], path: str | pathlib.Path,
-                title: str = "") -> pathlib.Path:
-  """Training loss, validation loss and IoU per target against the step; writes the PNG at `path`.
+def curves_figure(records: Sequence[dict[str, Any]], targets: Sequence[str], title: str = "") -> Figure:
+  """Training loss, validation loss (log axes when every loss is positive) and IoU per target against the step.
 
   Args:
     records: `metrics.jsonl` records: dicts with `step`, `split` ('train' or 'val'), `loss`, `iou/<target>`.
     targets: the target names, for the IoU panel.
-    path: where to write the PNG.
     title: a line above the panels (e.g. the run directory).
   """
   figure = Figure(figsize=(15, 4.2), dpi=_DPI, layout="constrained")
@@ -84,6 +86,8 @@ def plot_curves(records: Sequence[dict[str, Any]], targets: Sequence[str], path:
     axes.plot(steps, values, color="tab:orange", marker="o" if len(steps) < 30 else None, markersize=3)
     axes.set_title(name)
     axes.set_xlabel("step")
+    if len(values) and values.min() > 0:
+      axes.set_yscale("log")
   for number, target in enumerate(targets):
     color = np.asarray(TARGET_COLORS[number % len(TARGET_COLORS)]) / 255
     steps, values = _series(records, "val", f"iou/{target}")
@@ -98,7 +102,13 @@ def plot_curves(records: Sequence[dict[str, Any]], targets: Sequence[str], path:
     axes.grid(alpha=0.3)
   if title:
     figure.suptitle(title)
-  return _save(figure, pathlib.Path(path))
+  return figure
+
+
+def plot_curves(records: Sequence[dict[str, Any]], targets: Sequence[str], path: str | pathlib.Path,
+                title: str = "") -> pathlib.Path:
+  """`curves_figure` written as a PNG at `path`."""
+  return _save(curves_figure(records, targets, title), pathlib.Path(path))
 
 
 def display_image(image: np.ndarray) -> np.ndarray:
@@ -185,5 +195,55 @@ def overlay(image: np.ndarray, masks: np.ndarray, min_size: int = 256) -> np.nda
   return rgb
 
 
-__all__ = ["CURVES_FILE", "PREDICTIONS_FILE", "TARGET_COLORS", "display_image", "outline", "overlay",
-           "plot_curves", "plot_predictions", "read_metrics"]
+def plot_contact_sheet(rows: dict[str, Sequence[tuple[pathlib.Path, str]]], path: str | pathlib.Path,
+                       title: str = "") -> pathlib.Path:
+  """A grid of PNG images (e.g. `overlay`s written by predict): one row per entry of `rows`, labelled by its key.
+
+  Args:
+    rows: row label -> [(PNG file, caption)], in display order.
+    path: where to write the PNG.
+  """
+  columns = max(len(panels) for panels in rows.values())
+  figure = Figure(figsize=(2.4 * columns, 2.7 * len(rows) + (0.4 if title else 0)), dpi=_DPI, layout="constrained")
+  grid = figure.subplots(len(rows), columns, squeeze=False)
+  for number, (label, panels) in enumerate(rows.items()):
+    for column, axes in enumerate(grid[number]):
+      axes.set_xticks([])
+      axes.set_yticks([])
+      if column < len(panels):
+        file, caption = panels[column]
+        with Image.open(file) as image:
+          axes.imshow(np.asarray(image.convert("RGB")))
+        axes.set_title(caption, fontsize="small")
+      else:
+        axes.set_axis_off()
+    grid[number, 0].set_ylabel(label)
+  if title:
+    figure.suptitle(title)
+  return _save(figure, pathlib.Path(path))
+
+
+def plot_theta_e_proxy(theta_e: np.ndarray, proxy: np.ndarray, path: str | pathlib.Path,
+                       title: str = "") -> pathlib.Path:
+  """Scatter of an Einstein-radius estimate against the true theta_E (both (N,) arcsec), with the 1:1 line
+  and the median absolute error in the legend."""
+  theta_e, proxy = np.asarray(theta_e, float), np.asarray(proxy, float)
+  figure = Figure(figsize=(5, 5), dpi=_DPI, layout="constrained")
+  axes = figure.subplots()
+  error = np.median(np.abs(proxy - theta_e)) if theta_e.size else float("nan")
+  axes.scatter(theta_e, proxy, s=10, alpha=0.6, label=f"{theta_e.size} lenses, median |error| {error:.3f}\"")
+  high = max(float(np.nanmax(np.concatenate([theta_e, proxy]))) if theta_e.size else 1.0, 0.1) * 1.05
+  axes.plot([0, high], [0, high], color="grey", linewidth=0.8, label="1:1")
+  axes.set_xlim(0, high)
+  axes.set_ylim(0, high)
+  axes.set_xlabel("true θ_E (arcsec)")
+  axes.set_ylabel("arc-light-weighted radius (arcsec)")
+  axes.legend(loc="upper left", fontsize="small")
+  axes.grid(alpha=0.3)
+  if title:
+    axes.set_title(title, fontsize="small")
+  return _save(figure, pathlib.Path(path))
+
+
+__all__ = ["CURVES_FILE", "PREDICTIONS_FILE", "TARGET_COLORS", "curves_figure", "display_image", "outline",
+           "overlay", "plot_contact_sheet", "plot_curves", "plot_predictions", "plot_theta_e_proxy", "read_metrics"]

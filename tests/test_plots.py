@@ -87,3 +87,24 @@ def test_tensorboard_gets_the_same_scalars_and_a_resumed_run_purges_the_later_on
   resumed.close()
   starts = [e for e in _events(tmp_path / "resumed") if e.HasField("session_log")]
   assert [(e.step, e.session_log.status) for e in starts] == [(8, 1)]    # SessionLog.START at step 8
+
+
+def test_loss_panels_use_a_log_axis_so_later_losses_are_not_flattened():
+  records = ([{"step": s, "split": "train", "loss": 2.8 / (1 + s), "iou/arcs": 0.5} for s in range(0, 100, 10)]
+             + [{"step": s, "split": "val", "loss": 2.8 / (1 + s), "iou/arcs": 0.5} for s in range(0, 100, 25)])
+  train_loss, val_loss, iou = plots.curves_figure(records, ("arcs",)).axes
+  assert train_loss.get_yscale() == val_loss.get_yscale() == "log" and iou.get_yscale() == "linear"
+  # A loss that is zero or negative somewhere (a custom loss) keeps a linear axis rather than losing points.
+  records[-1]["loss"] = 0.0
+  assert plots.curves_figure(records, ("arcs",)).axes[1].get_yscale() == "linear"
+
+
+def test_contact_sheet_lays_out_rows_of_overlays(tmp_path):
+  for name, value in (("a", 40), ("b", 200)):
+    Image.fromarray(np.full((30, 40, 3), value, np.uint8)).save(tmp_path / f"{name}.png")
+  path = plots.plot_contact_sheet({"most confident": [(tmp_path / "a.png", "a")],
+                                   "least confident": [(tmp_path / "b.png", "b"), (tmp_path / "a.png", "a")]},
+                                  tmp_path / "sheet.png", title="2 rows")
+  pixels = _open_png(path)
+  assert pixels.shape[0] > 400 and pixels.shape[1] > 400
+  assert {40, 200} <= set(np.unique(pixels[..., 0]).tolist())     # both images drawn

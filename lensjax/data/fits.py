@@ -5,12 +5,18 @@ file the first HDU holding an image is read: a 2-D image is one cutout, a 3-D cu
 Pixels are read memory-mapped as stored (BSCALE/BZERO applied), in the survey's units; the 'auto'
 normalisation divides each cutout by its 99th percentile as for simulated images. NaN pixels (masked in
 many surveys) are an error: fill them before predicting. Only the 'test' split exists.
+
+`python -m lensjax.predict` writes its masks back as FITS (`write_images`) with the input's header, so they
+overlay the cutout exactly; `celestial_wcs` and `pixel_scale_arcsec` give the catalog its sky positions and
+sizes in arcsec.
 """
 
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+import warnings
+from collections.abc import Mapping
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -18,6 +24,10 @@ from lensjax.data import sources, validation
 from lensjax.data.errors import DataError, raise_if_any
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
+# Header cards describing the stored array rather than the sky: astropy writes them anew for each output
+# array (BITPIX, NAXISn, ...), or they would misdescribe a mask (BSCALE, BZERO, BLANK, DATAMIN, checksums).
+_ARRAY_CARDS = ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCOUNT", "EXTNAME", "EXTVER",
+                "BSCALE", "BZERO", "BLANK", "BUNIT", "DATAMIN", "DATAMAX", "CHECKSUM", "DATASUM")
 
 
 def is_fits_file(path: pathlib.Path) -> bool:
@@ -109,3 +119,64 @@ class FitsSource(sources.RawSource):
 
   def __repr__(self) -> str:
     return f"FitsSource({self.path}, cutouts={len(self.cutouts)})"
+
+
+def image_header(path: pathlib.Path, hdu_number: int):
+  """A copy of the header of HDU `hdu_number` of FITS file `path` (an `astropy.io.fits.Header`)."""
+  fits = validation.import_optional("astropy.io.fits", "fits", "fits")
+  with fits.open(path, memmap=True, lazy_load_hdus=True) as hdus:
+    return hdus[hdu_number].header.copy()
+
+
+def celestial_wcs(header):
+  """The sky part (RA/Dec axes) of `header`'s WCS as an `astropy.wcs.WCS` of 2 pixel axes (x = column,
+  y = row), or None when the header has no celestial WCS."""
+  if header is None:
+    return None
+  wcs = validation.import_optional("astropy.wcs", "fits", "fits")
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")   # astropy's FITSFixedWarning about cards it repairs while reading
+    try:
+      sky = wcs.WCS(header).celestial
+    except Exception:  # astropy raises many types for a malformed WCS  # pylint: disable=broad-except
+      return None
+  return sky if sky.has_celestial and sky.naxis == 2 else None
+
+
+def pixel_scale_arcsec(sky_wcs) -> float:
+  """The side of a square pixel of the same area as `sky_wcs`'s pixels at its reference point, in arcsec."""
+  from astropy.wcs import utils  # pylint: disable=g-import-not-at-top
+  return float(np.sqrt(utils.proj_plane_pixel_area(sky_wcs)) * 3600.0)
+
+
+def sky_position(sky_wcs, x: float, y: float) -> tuple[float, float]:
+  """(RA, Dec) in degrees of zero-based pixel position (x = column, y = row)."""
+  ra, dec = sky_wcs.wcs_pix2world([[x, y]], 0)[0]
+  return float(ra), float(dec)
+
+
+def write_images(file: BinaryIO, planes: Mapping[str, np.ndarray], header, cards: Mapping[str, Any]) -> None:
+  """Writes a FITS file to open binary `file`: an empty primary HDU, then each array of `planes` as an image
+  HDU named by its key.
+
+  Every image HDU carries the cards of `header` (the input's sky and instrument cards, unchanged; None for an
+  input without a header) but those describing the stored array (_ARRAY_CARDS, astropy writes them anew),
+  then `cards`, which the primary HDU holds too.
+
+  Args:
+    planes: EXTNAME -> (H, W) image or (N, H, W) cube in numpy order (FITS NAXIS1 = W).
+    header: an `astropy.io.fits.Header` or None.
+    cards: keyword (at most 8 characters) -> value, or (value, comment).
+  """
+  fits = validation.import_optional("astropy.io.fits", "fits", "fits")
+  kept = fits.Header()
+  if header is not None:
+    for card in header.cards:
+      if card.keyword and card.keyword not in _ARRAY_CARDS and not card.keyword.startswith("NAXIS"):
+        kept.append(card)
+  primary = fits.PrimaryHDU()
+  for keyword, value in cards.items():
+    kept[keyword] = value
+    primary.header[keyword] = value
+  fits.HDUList([primary] + [fits.ImageHDU(np.asarray(data), header=kept.copy(), name=name)
+                            for name, data in planes.items()]).writeto(file)
