@@ -53,6 +53,7 @@ import os
 import pathlib
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -243,6 +244,7 @@ class Checkpoints:
     except CheckpointError:
       raise
     except Exception as error:  # pylint: disable=broad-except  # Orbax/TensorStore raise many types
+      _silence_abandoned_reads()
       raise CheckpointError(f"checkpoint {self.step_path(step)} {_restore_failure(error)}: it is damaged, or of "
                             "another model; use another step") from error
 
@@ -377,6 +379,18 @@ def _restore_failure(error: BaseException) -> str:
   cause = error.__cause__ or error
   text = str(cause).strip().splitlines()
   return f"does not restore ({type(cause).__name__}: {text[0][:300] if text else ''})"
+
+
+def _silence_abandoned_reads() -> None:
+  """Drops the 'Event loop is closed' errors of a failed restore's other reads, which finish after Orbax has
+  closed their event loop and would otherwise bury the one line that says what failed under a traceback each."""
+  previous = sys.unraisablehook     # TensorStore reports its callbacks' errors as unraisable
+
+  def hook(unraisable):
+    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
 
 
 def _warn(message: str) -> None:
