@@ -4,6 +4,7 @@
   python -m benchmarks.profile_step --config isnet_sim:lens --steps 3 --top 25
   python -m benchmarks.profile_step --config msrfnet_sim:lens --batch-size 4 --config.model.width=0.5
   python -m benchmarks.profile_step --infer                          # the eval-mode forward instead
+  python -m benchmarks.profile_step --plain                          # without lensjax's CPU fast paths
 
 It compiles the real training step (`lensjax.train_step.compile_train_step`) on a random batch with the shapes
 of the config's batches, runs `--warmup` steps, then `--steps` steps under `jax.profiler.trace`, and reads the
@@ -139,6 +140,8 @@ def parse_args(argv: list[str]):
   parser.add_argument("--top", type=int, default=20, help="instructions listed (default 20)")
   parser.add_argument("--image-size", type=int, default=128, help="pixels per side of the batch (default 128)")
   parser.add_argument("--infer", action="store_true", help="profile the eval-mode forward, not the training step")
+  parser.add_argument("--plain", action="store_true",
+                      help="profile the program traced without lensjax's CPU fast paths (the 'before')")
   parser.add_argument("--compare-plain", action="store_true",
                       help="also time the program traced without lensjax's CPU fast paths "
                            "(`lensjax.models.layers.cpu_fast_paths(False)`), alternating with the fast one")
@@ -205,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   args, config = parse_args(argv)
   from lensjax.models import layers
-  compiled, run = compiled_call(config, args.image_size, args.infer)
+  with layers.cpu_fast_paths(not args.plain):
+    compiled, run = compiled_call(config, args.image_size, args.infer)
   instructions = parse_hlo(compiled.as_text())
   comparison = None
   if args.compare_plain:
@@ -248,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| {op['name']} | {op['direction']} | {op['kind']} | {op['shape']} | {op['seconds_per_step'] * 1e3:.2f} |")
   record = {"schema": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": ["python", "-m", "benchmarks.profile_step", *argv], "config_name": config.name,
-            "program": "infer" if args.infer else "train", "wall_s_per_step": wall, "op_s_per_step": op_total,
+            "program": "infer" if args.infer else "train",
+            "cpu_fast_paths": not args.plain, "wall_s_per_step": wall, "op_s_per_step": op_total,
             "by_kind": [{"direction": d, "kind": k, "seconds_per_step": s} for (d, k), s in by_kind.items()],
             "compare_plain": comparison, "ops": ops}
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
