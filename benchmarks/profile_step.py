@@ -66,7 +66,8 @@ def parse_hlo(text: str) -> dict[str, dict[str, Any]]:
     window = _WINDOW.search(line)
     callee = _CALLS.search(line)
     instructions[match["name"]] = {
-        "opcode": match["opcode"], "shape": match["shape"].split("{")[0], "op_name": op_name["op_name"] if op_name else "",
+        "opcode": match["opcode"], "shape": match["shape"].split("{")[0],
+        "op_name": op_name["op_name"] if op_name else "",
         "window": _area(window["size"]) if window else None, "callee": callee["callee"] if callee else None}
     if current is not None:
       computations[current].append(match["name"])

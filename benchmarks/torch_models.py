@@ -349,7 +349,8 @@ class RDDB(nn.Module):
     self.x1 = conv_same(cx, gc)
     self.x2, self.x3, self.x4 = conv_same(cx + 2 * gc, gc), conv_same(cx + 3 * gc, gc), conv_same(cx + 4 * gc, gc)
     self.x5 = conv_same(cx + 5 * gc, cx)
-    self.y2, self.y3, self.y4 = conv_same(2 * cy + gc, gc), conv_same(2 * cy + 2 * gc, gc), conv_same(2 * cy + 3 * gc, gc)
+    self.y2, self.y3 = conv_same(2 * cy + gc, gc), conv_same(2 * cy + 2 * gc, gc)
+    self.y4 = conv_same(2 * cy + 3 * gc, gc)
     self.y5 = conv_same(2 * cy + 4 * gc, cy)
     self.down = nn.ModuleList([ConvDown(cx, gc), ConvDown(gc, gc), ConvDown(gc, gc), ConvDown(gc, gc)])
     self.up = nn.ModuleList([ConvUp(cy, gc, 3), ConvUp(cy, gc, 3), ConvUp(gc, gc, 3), ConvUp(gc, gc, 3)])
@@ -378,7 +379,8 @@ class GSC(nn.Module):
 
   def __init__(self, ch: int, hidden: int):
     super().__init__()
-    self.bn_in, self.hidden, self.out, self.bn_out = bn(ch + 1), conv_same(ch + 1, hidden, 1), conv_same(hidden, 1, 1), bn(1)
+    self.bn_in, self.hidden = bn(ch + 1), conv_same(ch + 1, hidden, 1)
+    self.out, self.bn_out = conv_same(hidden, 1, 1), bn(1)
 
   def forward(self, x, gate):
     return torch.sigmoid(self.bn_out(self.out(F.relu(self.hidden(self.bn_in(torch.cat((x, gate), 1)))))))
@@ -472,7 +474,8 @@ class MSRFNet(nn.Module):
     ss = self.ss_res2(self.ss_gsc2(self.ss_reduce2(ss), up_bilinear(self.ss_gate3(n33), size)))
     ss = self.ss_res3(self.ss_gsc3(self.ss_reduce3(ss), up_bilinear(self.ss_gate4(n43), size)))
     edge_out = self.ss_head(self.ss_reduce4(ss))
-    edge = F.relu(self.edge_bn(self.edge_gain(torch.sigmoid(self.edge_mix(torch.cat((torch.sigmoid(edge_out), canny), 1))))))
+    mixed = torch.sigmoid(self.edge_mix(torch.cat((torch.sigmoid(edge_out), canny), 1)))
+    edge = F.relu(self.edge_bn(self.edge_gain(mixed)))
     n34, pred4 = self.dec4(n33, n43)
     n24, pred2 = self.dec2(n23, n34)
     merged = F.relu(self.out_merge(torch.cat((self.out_up(n24), n13), 1)))
