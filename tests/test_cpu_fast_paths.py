@@ -63,7 +63,7 @@ def test_convolution_with_the_chunked_kernel_gradient_matches_the_plain_one(stri
 
 @pytest.mark.parametrize("name, options, inputs", [
     ("isnet", {"width": 0.125, "depth": 3}, ("image",)),
-    ("msrfnet", {"width": 0.125}, ("image", "edge")),
+    pytest.param("msrfnet", {"width": 0.125}, ("image", "edge"), marks=pytest.mark.slow),
 ])
 def test_a_network_trains_the_same_with_and_without_the_fast_paths(name, options, inputs):
   model = build(name, in_channels=1, out_channels=2, seed=0, **options)

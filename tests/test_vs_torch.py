@@ -34,6 +34,7 @@ def test_the_pytorch_networks_have_lensjax_parameter_counts_at_every_benchmarked
   assert _torch_parameters(torch_models.MSRFNet(1, 1)) == 18_591_821           # the original Keras count
 
 
+@pytest.mark.slow
 def test_a_tiny_run_writes_a_record_with_both_frameworks_per_phase(tmp_path, capsys):
   out = tmp_path / "vs_torch.json"
   vs_torch.main(["--parts", "isnet_default", "--width", "0.125", "--image-size", "16", "--batch-size", "2",
