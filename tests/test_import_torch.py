@@ -1,7 +1,7 @@
 """PyTorch weight import: parity with an independent PyTorch ISNetDIS, refusal of state_dicts that do not fit,
 and the Orbax checkpoint written by `python -m lensjax.models.import_torch`.
 
-The PyTorch network (`tests/torch_isnet_reference.py`) is written from the spec, not from lensjax's code; it
+The PyTorch network (`benchmarks/torch_models.py`) is written from the spec, not from lensjax's code; it
 gets random weights and non-trivial BatchNorm statistics, and both run in eval mode in float32.
 """
 
@@ -15,7 +15,7 @@ import torch
 from flax import nnx
 
 from lensjax.models import count_parameters, import_torch
-from tests.torch_isnet_reference import ISNetDIS, randomize_batch_norm_
+from benchmarks.torch_models import ISNetDIS, randomize_batch_norm_
 
 WIDTH = 0.125
 RELATIVE_TOLERANCE = 1e-4

@@ -39,9 +39,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lensjax.models.layers import (conv_general_dilated, max_pool_ceil, torch_default_bias_init,
+                                   torch_default_kernel_init, upsample_bilinear)
 from lensjax.registry import COMPUTE_DTYPES, scaled_channels
-from lensjax.models.layers import (max_pool_ceil, torch_default_bias_init, torch_default_kernel_init,
-                                   upsample_bilinear)
 
 # PyTorch BatchNorm2d(momentum=0.1, eps=1e-5): Flax's momentum is the weight of the old running value.
 BATCH_NORM_MOMENTUM = 0.9
@@ -96,7 +96,7 @@ def _conv3x3(in_channels: int, out_channels: int, *, dilation: int = 1, stride: 
   return nnx.Conv(in_channels, out_channels, (3, 3), strides=stride,
                   padding=((dilation, dilation), (dilation, dilation)), kernel_dilation=dilation,
                   kernel_init=torch_default_kernel_init(), bias_init=torch_default_bias_init(9 * in_channels),
-                  dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+                  dtype=dtype, param_dtype=jnp.float32, conv_general_dilated=conv_general_dilated, rngs=rngs)
 
 
 def _batch_norm(channels: int, *, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:

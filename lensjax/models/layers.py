@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+
+_FAST_PATHS = {"enabled": True}
+
+
+@contextlib.contextmanager
+def cpu_fast_paths(enabled: bool):
+  """Turns the CPU fast paths of this module on or off for the code traced inside the block.
+
+  They are on by default and only ever taken on the CPU backend (checked when a function is traced). Off, every
+  layer is the plain JAX formulation: for tests of equivalence and for A/B timings
+  (`python -m benchmarks.profile_step --compare-plain`).
+  """
+  previous = _FAST_PATHS["enabled"]
+  _FAST_PATHS["enabled"] = enabled
+  try:
+    yield
+  finally:
+    _FAST_PATHS["enabled"] = previous
+
+
+def _fast_paths_enabled() -> bool:
+  return _FAST_PATHS["enabled"] and jax.default_backend() == "cpu"
 
 
 def upsample_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -23,12 +48,146 @@ def upsample_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
 def max_pool_ceil(x: jax.Array) -> jax.Array:
   """2x2 max pooling with stride 2 and ceil mode: (B, h, w, C) -> (B, ceil(h/2), ceil(w/2), C).
 
-  PyTorch's `MaxPool2d(2, 2, ceil_mode=True)`: an odd edge is padded with -inf on the high side.
+  PyTorch's `MaxPool2d(2, 2, ceil_mode=True)`: an odd edge is padded with -inf on the high side. The gradient
+  goes to the first maximum of each window in row-major order (top-left, top-right, bottom-left,
+  bottom-right), as XLA's select-and-scatter gradient of `reduce_window` and PyTorch send it: on windows with
+  ties (all zeros after a ReLU are common) all three give bit-identical gradients. On CPU the forward pass
+  records that position (int8) and the backward pass places the gradient there, elementwise passes that XLA's
+  CPU backend runs several times faster than its select-and-scatter (an index-tracking reduce-window, an iota
+  and a scatter).
   """
+  if not _fast_paths_enabled():
+    pad_h, pad_w = x.shape[1] % 2, x.shape[2] % 2
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                                 ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+  return _max_pool_ceil(x)
+
+
+def _pool_windows(x: jax.Array) -> jax.Array:
+  """(B, h, w, C) -> (B, ceil(h/2), 2, ceil(w/2), 2, C): the 2x2 windows, -inf padded on the high side."""
   pad_h, pad_w = x.shape[1] % 2, x.shape[2] % 2
-  return jax.lax.reduce_window(
-      x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
-      ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+  if pad_h or pad_w:
+    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), constant_values=-jnp.inf)
+  batch, height, width, channels = x.shape
+  return x.reshape(batch, height // 2, 2, width // 2, 2, channels)
+
+
+def _window_max_and_first(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The maximum of each 2x2 window and the row-major position (0..3) of its first occurrence, (B, h', w', C)."""
+  windows = _pool_windows(x)
+  corners = [windows[:, :, row, :, column, :] for row in (0, 1) for column in (0, 1)]
+  pooled = jnp.maximum(jnp.maximum(corners[0], corners[1]), jnp.maximum(corners[2], corners[3]))
+  first = jnp.full(pooled.shape, 3, jnp.int8)
+  for position in (2, 1, 0):
+    first = jnp.where(corners[position] == pooled, jnp.int8(position), first)
+  return pooled, first
+
+
+@jax.custom_vjp
+def _max_pool_ceil(x: jax.Array) -> jax.Array:
+  return _pool_windows(x).max(axis=(2, 4))
+
+
+def _max_pool_forward(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, tuple[int, ...]]]:
+  # The position is found with the maximum, from the same values: comparing the input with the pooled map in
+  # the backward pass would fail where XLA recomputes the input there with different rounding.
+  pooled, first = _window_max_and_first(x)
+  return pooled, (first, x.shape)
+
+
+def _max_pool_backward(residuals: tuple[jax.Array, tuple[int, ...]], grad: jax.Array) -> tuple[jax.Array]:
+  first, shape = residuals
+  zero = jnp.zeros((), grad.dtype)
+  corners = [jnp.where(first == position, grad, zero) for position in range(4)]
+  grad_windows = jnp.stack([jnp.stack(corners[0:2], axis=3), jnp.stack(corners[2:4], axis=3)], axis=2)
+  batch, height, _, width, _, channels = grad_windows.shape
+  grad_x = grad_windows.reshape(batch, 2 * height, 2 * width, channels)[:, :shape[1], :shape[2]]
+  return (grad_x,)
+
+
+_max_pool_ceil.defvjp(_max_pool_forward, _max_pool_backward)
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1, precision=None,
+                         out_sharding=None, **kwargs) -> jax.Array:
+  """`jax.lax.conv_general_dilated`, with the weight gradient computed in batch chunks on CPU.
+
+  The same forward and input gradient; the kernel gradient is the sum over chunks of `WEIGHT_GRADIENT_CHUNK`
+  images of the chunks' kernel gradients (the same terms summed in another order). XLA's CPU backend
+  contracts the whole batch and image in one kernel-gradient convolution whose output is only kh x kw x in x
+  out, slowly (2-3x slower than the forward at 64 x 64 maps and more); chunks of a few images run about twice
+  as fast (docs/performance.md). Other backends, grouped or input-dilated convolutions and batches that do not
+  split get plain `lax.conv_general_dilated`. A drop-in for `nnx.Conv(conv_general_dilated=...)`.
+  """
+  plain = functools.partial(jax.lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+                            lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+                            precision=precision, **kwargs)
+  if out_sharding is not None:
+    plain = functools.partial(plain, out_sharding=out_sharding)
+  numbers = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  if (not _fast_paths_enabled() or feature_group_count != 1 or kwargs or out_sharding is not None
+      or (lhs_dilation is not None and any(d != 1 for d in lhs_dilation))):
+    return plain(lhs, rhs)
+  chunk = weight_gradient_chunk(lhs.shape[numbers.lhs_spec[0]],
+                                [lhs.shape[d] // s for d, s in zip(numbers.lhs_spec[2:], window_strides)],
+                                rhs.shape[numbers.rhs_spec[1]], rhs.shape[numbers.rhs_spec[0]])
+  if chunk is None:
+    return plain(lhs, rhs)
+  return _chunked_weight_gradient_conv(lhs, rhs, _hashable(window_strides), _hashable(padding),
+                                       _hashable(rhs_dilation), numbers, _hashable(precision), chunk)
+
+
+# Rows (images x output pixels) per chunk of the kernel-gradient sum, and the smallest in x out channels for
+# which chunking wins on CPU (docs/performance.md, "conv dW").
+WEIGHT_GRADIENT_CHUNK_ROWS = 8192
+WEIGHT_GRADIENT_MIN_CHANNEL_PRODUCT = 1024
+
+
+def weight_gradient_chunk(batch: int, out_spatial, in_channels: int, out_channels: int) -> int | None:
+  """Images per chunk for the kernel gradient of a convolution, or None to leave it whole."""
+  images = max(1, WEIGHT_GRADIENT_CHUNK_ROWS // max(1, math.prod(out_spatial)))
+  if in_channels * out_channels < WEIGHT_GRADIENT_MIN_CHANNEL_PRODUCT or images >= batch or batch % images:
+    return None
+  return images
+
+
+def _hashable(value):
+  if isinstance(value, (list, tuple)):
+    return tuple(_hashable(v) for v in value)
+  return value
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _chunked_weight_gradient_conv(lhs, rhs, window_strides, padding, rhs_dilation, numbers, precision, chunk):
+  del chunk
+  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, rhs_dilation=rhs_dilation,
+                                      dimension_numbers=numbers, precision=precision)
+
+
+def _chunked_forward(lhs, rhs, window_strides, padding, rhs_dilation, numbers, precision, chunk):
+  out = _chunked_weight_gradient_conv(lhs, rhs, window_strides, padding, rhs_dilation, numbers, precision, chunk)
+  return out, (lhs, rhs)
+
+
+def _chunked_backward(window_strides, padding, rhs_dilation, numbers, precision, chunk, residuals, grad):
+  lhs, rhs = residuals
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, window_strides, padding, rhs_dilation=rhs_dilation,
+                                                   dimension_numbers=numbers, precision=precision)
+  _, input_vjp = jax.vjp(lambda x: conv(x, rhs), lhs)
+  (grad_lhs,) = input_vjp(grad)
+  chunks = lhs.shape[numbers.lhs_spec[0]] // chunk
+  grad_rhs = None
+  for lhs_chunk, grad_chunk in zip(jnp.split(lhs, chunks, axis=numbers.lhs_spec[0]),
+                                   jnp.split(grad, chunks, axis=numbers.out_spec[0])):
+    _, kernel_vjp = jax.vjp(lambda w, x=lhs_chunk: conv(x, w), rhs)
+    (chunk_grad,) = kernel_vjp(grad_chunk)
+    grad_rhs = chunk_grad if grad_rhs is None else grad_rhs + chunk_grad
+  return grad_lhs, grad_rhs
+
+
+_chunked_weight_gradient_conv.defvjp(_chunked_forward, _chunked_backward)
 
 
 class PointwiseConv(nnx.Module):

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lensjax.models.layers import PointwiseConv, max_pool_ceil, upsample_bilinear
+from lensjax.models.layers import PointwiseConv, conv_general_dilated, max_pool_ceil, upsample_bilinear
 from lensjax.registry import scaled_channels
 
 # Channels of the four encoder levels at width 1; the decoder stage at each scale has the same width.
@@ -73,7 +73,8 @@ def _conv(in_features: int, out_features: int, kernel_size: int = 3, *, stride: 
           kernel_init=_glorot_uniform, dtype, rngs: nnx.Rngs) -> nnx.Conv:
   """Keras `Conv2D(out, k, strides, padding='same')` with bias; lax 'SAME' pads strided convs as TF does."""
   return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride, padding="SAME",
-                  kernel_init=kernel_init, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+                  kernel_init=kernel_init, dtype=dtype, param_dtype=jnp.float32,
+                  conv_general_dilated=conv_general_dilated, rngs=rngs)
 
 
 def _pointwise(in_features: int, out_features: int, *, kernel_init=_glorot_uniform, dtype,

@@ -1,0 +1,377 @@
+"""lensjax against PyTorch on the same CPU, in one process: training steps and inference, side by side.
+
+  python -m benchmarks.vs_torch                                   # everything: about 6-8 minutes on 2 cores
+  python -m benchmarks.vs_torch --parts isnet --repeats 5         # a quick look: IS-Net only, about 1.5 minutes
+  python -m benchmarks.vs_torch --lensjax-path ../lensjax-old     # time another checkout's lensjax (before/after)
+
+Parts (`--parts`, default all three):
+  isnet          IS-Net 1 -> 1 at the original's shape: 128 px, batch 8, full width (44.0 M parameters); training
+                 step = the six side BCE losses and Adam 1e-3 (`isnet_sim:lens`).
+  isnet_default  the default config's network and batch (`python -m lensjax.train`: IS-Net width 0.25, depth 4,
+                 1 -> 2, 128 px, batch 8).
+  msrfnet        MSRF-Net, original wiring, 1 -> 1, 128 px, batch 4, its four losses and RMSprop
+                 (`msrfnet_sim:lens`).
+Each part times a training step (`train`) and a forward pass in eval mode (`infer`; `--phases` picks).
+
+The lensjax side is whatever `import lensjax` gives (the real jitted training step of
+`lensjax.train_step.compile_train_step` on the part's config, and a jitted eval-mode forward); the PyTorch side is
+the independent networks of `benchmarks/torch_models.py` in eager mode, NCHW, with `torch.set_num_threads` equal
+to the cores JAX uses (the cores this process may run on), the original's loss and optimizer. Both get the same
+random batch. After `--warmup` untimed calls each, the frameworks run alternately (torch, lensjax, torch, ...)
+for `--repeats` rounds, so that load from other processes falls on both alike; the record keeps the median and
+the spread of each and the ratio torch median / lensjax median (> 1: lensjax is faster).
+
+FLOPs per call come from XLA's cost analysis of lensjax's compiled program and are used for both frameworks
+(they compute the same network); FLOP/s are compared with a float32 matmul probe of each framework on the same
+cores. The record (JSON, `--out`) has the command, the CPU model and flags, versions, thread counts, probes and
+one row per (part, phase).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+SCHEMA = "lensjax.vs_torch/1"
+PARTS = ("isnet", "isnet_default", "msrfnet")
+PHASES = ("train", "infer")
+CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+  """One network at one shape: the lensjax config it comes from and the sizes both frameworks run."""
+  name: str
+  config: str              # a config name in configs/, with its argument
+  model: str               # "isnet" or "msrfnet"
+  width: float
+  depth: int
+  in_channels: int
+  out_channels: int
+  batch: int
+  size: int
+
+
+def parts_table(width: float | None, image_size: int | None, batch_size: int | None) -> dict[str, Part]:
+  """The parts at their documented sizes, or with the overrides (tiny sizes for tests)."""
+  parts = {
+      "isnet": Part("isnet", "isnet_sim:lens", "isnet", 1.0, 6, 1, 1, 8, 128),
+      "isnet_default": Part("isnet_default", "default", "isnet", 0.25, 4, 1, 2, 8, 128),
+      "msrfnet": Part("msrfnet", "msrfnet_sim:lens", "msrfnet", 1.0, 6, 1, 1, 4, 128),
+  }
+  overrides = {k: v for k, v in (("width", width), ("size", image_size), ("batch", batch_size)) if v is not None}
+  return {name: dataclasses.replace(part, **overrides) for name, part in parts.items()}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.vs_torch", description=__doc__.split("\n\n")[0])
+  parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+  parser.add_argument("--phases", default=",".join(PHASES), help="train, infer or both (default)")
+  parser.add_argument("--repeats", type=int, default=7, help="timed alternating rounds per phase (default 7)")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed calls of each framework first (default 2)")
+  parser.add_argument("--width", type=float, default=None, help="override every part's width (tests)")
+  parser.add_argument("--image-size", type=int, default=None, help="override the 128 px images (multiple of 8)")
+  parser.add_argument("--batch-size", type=int, default=None, help="override every part's batch")
+  parser.add_argument("--lensjax-path", default=None,
+                      help="a checkout whose lensjax package is timed instead of the importable one")
+  parser.add_argument("--out", default=None, help="record path (default runs/benchmarks/vs_torch-*.json)")
+  args = parser.parse_args(argv)
+  args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+  args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+  if not args.parts or set(args.parts) - set(PARTS):
+    parser.error(f"--parts={','.join(args.parts)}: choose from {', '.join(PARTS)}")
+  if not args.phases or set(args.phases) - set(PHASES):
+    parser.error(f"--phases={','.join(args.phases)}: choose from {', '.join(PHASES)}")
+  if args.repeats < 1 or args.warmup < 1:
+    parser.error("--repeats and --warmup must be at least 1")
+  if args.image_size is not None and (args.image_size < 8 or args.image_size % 8):
+    parser.error(f"--image-size={args.image_size}: MSRF-Net needs a multiple of 8")
+  if args.lensjax_path and not (pathlib.Path(args.lensjax_path) / "lensjax" / "__init__.py").is_file():
+    parser.error(f"--lensjax-path={args.lensjax_path}: no lensjax/__init__.py there")
+  return args
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def random_batch(part: Part, seed: int = 0) -> dict[str, np.ndarray]:
+  """NHWC arrays with the keys and dtypes of lensjax's batches: a normal image, binary masks and edges."""
+  rng = np.random.default_rng(seed)
+  b, s = part.batch, part.size
+  binary = lambda channels, p: (rng.random((b, s, s, channels)) < p).astype(np.float32)
+  return {"image": rng.standard_normal((b, s, s, part.in_channels)).astype(np.float32),
+          "mask": binary(part.out_channels, 0.2), "mask_edge": binary(part.out_channels, 0.05),
+          "edge": binary(1, 0.05), "valid": np.ones(b, np.float32), "index": np.arange(b, dtype=np.int32)}
+
+
+def nchw(array: np.ndarray):
+  import torch
+  return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The two frameworks
+
+
+def lensjax_calls(part: Part, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+  """lensjax's compiled training step and eval-mode forward on `batch`: {phase: (call, flops, compile_s)} and the
+  parameter count."""
+  import jax
+  from flax import nnx
+  from lensjax import config as cfg
+  from lensjax import parallel, train, train_step
+
+  config = cfg.load_module_config(part.config)
+  config.model.width, config.model.depth = part.width, part.depth
+  config.train.batch_size = part.batch
+  if part.out_channels != len(config.data.targets):
+    raise ValueError(f"part {part.name}: config {part.config} has {len(config.data.targets)} targets, "
+                     f"not {part.out_channels}")
+  model, optimizer = train.build_model_and_optimizer(config, seed=0)
+  parameters = sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  mesh = parallel.make_mesh()
+  device_batch = parallel.global_batch(batch, mesh)
+  calls: dict[str, Any] = {"parameters": int(parameters)}
+
+  graphdef, state = nnx.split((model, optimizer))
+  state, state_sharding = train_step.place_state(state, mesh, False)
+  start = time.perf_counter()
+  compiled = train_step.compile_train_step(graphdef, train_step.make_loss_fn(config), mesh, state_sharding).lower(
+      state, None, device_batch, jax.random.key(0)).compile()
+  train_compile_s = time.perf_counter() - start
+  holder = {"state": state}
+
+  def train_once():
+    holder["state"], step_metrics = compiled(holder["state"], None, device_batch, jax.random.key(1))
+    jax.block_until_ready((holder["state"], step_metrics))
+
+  calls["train"] = (train_once, _flops(compiled), train_compile_s)
+
+  # The eval-mode network of the current training state (the step donates and replaces the state's buffers).
+  inputs = [device_batch[key] for key in model.input_keys]
+  start = time.perf_counter()
+  forward = jax.jit(lambda s, *xs: train_step.inference_network(graphdef, s)(*xs)).lower(
+      holder["state"], *inputs).compile()
+  infer_compile_s = time.perf_counter() - start
+  calls["infer"] = (lambda: jax.block_until_ready(forward(holder["state"], *inputs)), _flops(forward),
+                    infer_compile_s)
+  return calls
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"])
+
+
+def torch_calls(part: Part, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+  """The PyTorch network's training step (original loss and optimizer) and inference-mode forward."""
+  import torch
+  import torch.nn.functional as F
+  from benchmarks import torch_models
+
+  torch.manual_seed(0)
+  if part.model == "isnet":
+    model = torch_models.ISNetDIS(part.in_channels, part.out_channels, width=part.width, depth=part.depth)
+    inputs = [nchw(batch["image"])]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    mask = nchw(batch["mask"])
+
+    def loss_fn(outputs):
+      side_logits, _ = outputs
+      return sum(F.binary_cross_entropy_with_logits(logits, mask) for logits in side_logits)
+  else:
+    model = torch_models.MSRFNet(part.in_channels, part.out_channels, width=part.width)
+    inputs = [nchw(batch["image"]), nchw(batch["edge"])]
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-4, alpha=0.9, eps=1e-7, momentum=0.9)
+    mask, mask_edge = nchw(batch["mask"]), nchw(batch["mask_edge"])
+
+    def seg_loss(logits):        # mean BCE + (1 - soft Dice over the whole batch, smooth 1)
+      p = torch.sigmoid(logits)
+      dice = (2 * (mask * p).sum() + 1) / (mask.sum() + p.sum() + 1)
+      return F.binary_cross_entropy_with_logits(logits, mask) + 1 - dice
+
+    def loss_fn(outputs):
+      x, edge_out, pred2, pred4 = outputs
+      return 2 * seg_loss(x) + F.binary_cross_entropy_with_logits(edge_out, mask_edge) + seg_loss(pred2) \
+          + seg_loss(pred4)
+
+  def train_once():
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss_fn(model(*inputs)).backward()
+    optimizer.step()
+
+  def infer_once():
+    model.eval()
+    with torch.inference_mode():
+      model(*inputs)
+
+  return {"parameters": sum(p.numel() for p in model.parameters()), "train": train_once, "infer": infer_once}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Timing
+
+
+def stats(seconds: list[float]) -> dict[str, float]:
+  values = np.asarray(seconds, np.float64)
+  p10, median, p90 = np.percentile(values, [10, 50, 90])
+  return {"median": float(median), "p10": float(p10), "p90": float(p90), "min": float(values.min()),
+          "max": float(values.max()), "count": int(values.size)}
+
+
+def _seconds(call) -> float:
+  start = time.perf_counter()
+  call()
+  return time.perf_counter() - start
+
+
+def interleaved(torch_call, lensjax_call, repeats: int, warmup: int) -> tuple[list[float], list[float]]:
+  """Wall seconds of `repeats` calls of each, alternating torch, lensjax, torch, ... after `warmup` of each."""
+  for _ in range(warmup):
+    torch_call()
+    lensjax_call()
+  torch_s, lensjax_s = [], []
+  for _ in range(repeats):
+    torch_s.append(_seconds(torch_call))
+    lensjax_s.append(_seconds(lensjax_call))
+  return torch_s, lensjax_s
+
+
+def matmul_probes(size: int = 1024, repeats: int = 5) -> dict[str, float]:
+  """FLOP/s of a float32 (size x size) matmul in each framework (best of `repeats`, on the same cores)."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+  a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+  multiply = jax.jit(lambda x: x @ x)
+  x = jnp.asarray(a)
+  jax_best = min(_seconds(lambda: multiply(x).block_until_ready()) for _ in range(repeats + 1))
+  t = torch.from_numpy(a)
+  torch_best = min(_seconds(lambda: t @ t) for _ in range(repeats + 1))
+  flops = 2.0 * size ** 3
+  return {"size": size, "lensjax_flops_per_s": flops / jax_best, "torch_flops_per_s": flops / torch_best}
+
+
+def jax_cores() -> int:
+  """The cores XLA's CPU thread pool uses: those this process may run on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def measure_part(part: Part, phases: list[str], args: argparse.Namespace, probes: dict[str, float]) -> list[dict]:
+  batch = random_batch(part)
+  torch_side = torch_calls(part, batch)
+  lensjax_side = lensjax_calls(part, batch)
+  if torch_side["parameters"] != lensjax_side["parameters"]:
+    raise AssertionError(f"part {part.name}: the PyTorch network has {torch_side['parameters']:,} parameters, "
+                         f"lensjax's {lensjax_side['parameters']:,}: they are not the same network")
+  rows = []
+  for phase in phases:
+    lensjax_call, flops, compile_s = lensjax_side[phase]
+    torch_s, lensjax_s = interleaved(torch_side[phase], lensjax_call, args.repeats, args.warmup)
+    row = {"part": part.name, "phase": phase, **dataclasses.asdict(part), "parameters": lensjax_side["parameters"],
+           "flops_per_call": flops, "lensjax_compile_s": compile_s}
+    for name, seconds, probe in (("torch", torch_s, probes["torch_flops_per_s"]),
+                                 ("lensjax", lensjax_s, probes["lensjax_flops_per_s"])):
+      timing = stats(seconds)
+      achieved = flops / timing["median"]
+      row[name] = {"seconds": timing, "images_per_s": part.batch / timing["median"], "flops_per_s": achieved,
+                   "fraction_of_matmul_probe": achieved / probe}
+    row["speedup"] = row["torch"]["seconds"]["median"] / row["lensjax"]["seconds"]["median"]
+    rows.append(row)
+    print(row_line(row), flush=True)
+  return rows
+
+
+def row_line(row: dict[str, Any]) -> str:
+  t, j = row["torch"], row["lensjax"]
+  spread = lambda s: f"{s['median']:.3f} s ({s['p10']:.3f}-{s['p90']:.3f})"
+  return (f"| {row['part']} {row['phase']} (batch {row['batch']}, {row['size']} px, width {row['width']:g}) "
+          f"| {spread(t['seconds'])}, {t['flops_per_s'] / 1e9:.0f} GFLOP/s "
+          f"| {spread(j['seconds'])}, {j['flops_per_s'] / 1e9:.0f} GFLOP/s | {row['speedup']:.2f}x |")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Record
+
+
+def cpu_flags() -> list[str]:
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("flags"):
+        present = set(line.split(":", 1)[1].split())
+        return [flag for flag in CPU_FLAGS_OF_INTEREST if flag in present]
+  except OSError:
+    pass
+  return []
+
+
+def git_commit(checkout: pathlib.Path) -> str:
+  """The commit of the checkout lensjax was imported from, "+modified" when tracked files differ from it."""
+  try:
+    run = lambda *command: subprocess.run(["git", "-C", str(checkout), *command], capture_output=True, text=True,
+                                          timeout=10, check=True).stdout.strip()
+    return run("rev-parse", "HEAD") + ("+modified" if run("status", "--porcelain", "--untracked-files=no") else "")
+  except (OSError, subprocess.SubprocessError):
+    return "unknown (not a git checkout)"
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  args = parse_args(argv)
+  if args.lensjax_path:
+    sys.path.insert(0, str(pathlib.Path(args.lensjax_path).resolve()))
+  import lensjax
+  import torch
+  from benchmarks import throughput
+
+  threads = jax_cores()
+  torch.set_num_threads(threads)
+  probes = matmul_probes()
+  print(f"lensjax from {pathlib.Path(lensjax.__file__).parent}; {threads} threads; matmul probe: lensjax "
+        f"{probes['lensjax_flops_per_s'] / 1e9:.0f} GFLOP/s, torch {probes['torch_flops_per_s'] / 1e9:.0f} GFLOP/s",
+        flush=True)
+  print("| part, phase | PyTorch median (p10-p90) | lensjax median (p10-p90) | speed-up |\n|---|---|---|---|")
+  table = parts_table(args.width, args.image_size, args.batch_size)
+  rows = []
+  for name in args.parts:
+    rows += measure_part(table[name], args.phases, args, probes)
+  load = os.getloadavg()
+  lensjax_dir = pathlib.Path(lensjax.__file__).resolve().parents[1]
+  versions = throughput.versions()
+  versions["torch"] = torch.__version__
+  versions["lensjax_path"] = str(lensjax_dir)
+  versions["lensjax_commit"] = git_commit(lensjax_dir)
+  record = {
+      "schema": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "command": ["python", "-m", "benchmarks.vs_torch", *argv],
+      "hardware": {"cpu_model": throughput.cpu_model(), "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags()},
+      "threads": {"jax": threads, "torch": torch.get_num_threads()}, "versions": versions,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""), "matmul_probe": probes, "repeats": args.repeats,
+      "warmup": args.warmup, "load_average_after": [round(x, 2) for x in load], "rows": rows,
+  }
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  out = pathlib.Path(args.out) if args.out else pathlib.Path("runs/benchmarks") / f"vs_torch-{stamp}.json"
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(record, indent=2) + "\n")
+  print(f"wrote {out}", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
