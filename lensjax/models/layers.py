@@ -56,11 +56,18 @@ def max_pool_ceil(x: jax.Array) -> jax.Array:
   CPU backend runs several times faster than its select-and-scatter (an index-tracking reduce-window, an iota
   and a scatter).
   """
-  if not _fast_paths_enabled():
+  if not _fast_paths_enabled() or _sharded_by_type(x):
     pad_h, pad_w = x.shape[1] % 2, x.shape[2] % 2
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
                                  ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
   return _max_pool_ceil(x)
+
+
+def _sharded_by_type(x: jax.Array) -> bool:
+  """Whether `x` carries a sharding in its type (explicit mesh axes): the window reshape of the fast path has
+  no sharding rule there, so such inputs take the plain path."""
+  spec = getattr(jax.typeof(x).sharding, "spec", None)
+  return spec is not None and any(axis is not None for axis in spec)
 
 
 def _pool_windows(x: jax.Array) -> jax.Array:
