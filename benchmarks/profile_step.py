@@ -24,7 +24,6 @@ alternately (`--steps` x 2 calls each): the A/B ratio of the fast paths on this 
 
 from __future__ import annotations
 
-import argparse
 import collections
 import datetime
 import json
@@ -36,6 +35,8 @@ import time
 from typing import Any
 
 import numpy as np
+
+from lensjax import cli
 
 SCHEMA = "lensjax.profile_step/1"
 # `%name = f32[8,64,64,32]{3,2,1,0} opcode(...), ..., metadata={op_name="..."}` in `compiled.as_text()`.
@@ -131,10 +132,8 @@ def profile_events(trace_dir: str) -> dict[str, float]:
 
 
 def parse_args(argv: list[str]):
-  from lensjax import config as cfg
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_step", description=__doc__.split("\n\n")[0],
-                                   epilog="Any config field can be overridden: --config.SECTION.FIELD=VALUE.")
-  parser.add_argument("--config", default="default", help="config name in configs/ or a path")
+  parser = cli.ArgumentParser(prog="python -m benchmarks.profile_step", description=__doc__.split("\n\n")[0])
+  cli.add_config_argument(parser)
   parser.add_argument("--batch-size", type=int, default=None, help="default: config.train.batch_size")
   parser.add_argument("--steps", type=int, default=5, help="profiled steps (default 5)")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
@@ -147,11 +146,9 @@ def parse_args(argv: list[str]):
                       help="also time the program traced without lensjax's CPU fast paths "
                            "(`lensjax.models.layers.cpu_fast_paths(False)`), alternating with the fast one")
   parser.add_argument("--out", default=None, help="JSON path (default runs/benchmarks/profile_step-*.json)")
-  args, overrides = cfg.parse_command_line(parser, argv)
+  args, config = cli.parse_with_config(parser, argv)
   if args.steps < 1 or args.warmup < 1:
     parser.error("--steps and --warmup must be at least 1")
-  config = cfg.load_module_config(args.config)
-  cfg.parse_overrides(config, overrides)
   if args.batch_size:
     config.train.batch_size = args.batch_size
   return args, config
@@ -160,24 +157,20 @@ def parse_args(argv: list[str]):
 def compiled_call(config, image_size: int, infer: bool):
   """(the compiled program, a function running it once and waiting for it)."""
   import jax
-  from flax import nnx
   from benchmarks import vs_torch
-  from lensjax import data, parallel, train, train_step
+  from lensjax import data, parallel, registry, train_step
 
-  model, optimizer = train.build_model_and_optimizer(config, seed=0)
   part = vs_torch.Part("profile", "", config.model.name, config.model.width, config.model.depth,
                        data.input_channels(config), len(config.data.targets), config.train.batch_size,
                        image_size)
   mesh = parallel.make_mesh()
   batch = parallel.global_batch(vs_torch.random_batch(part), mesh)
+  train_state = train_step.create_train_state(config, mesh, seed=0)
+  graphdef, state, sharding = train_state.graphdef, train_state.state, train_state.shardings
   if infer:
-    model.eval()
-    graphdef, state = nnx.split(model)
-    inputs = [batch[key] for key in model.input_keys]
-    compiled = jax.jit(lambda s, *xs: nnx.merge(graphdef, s)(*xs)).lower(state, *inputs).compile()
+    inputs = [batch[key] for key in registry.network(config.model.name).input_keys]
+    compiled = jax.jit(lambda s, *xs: train_step.inference_network(graphdef, s)(*xs)).lower(state, *inputs).compile()
     return compiled, lambda: jax.block_until_ready(compiled(state, *inputs))
-  graphdef, state = nnx.split((model, optimizer))
-  state, sharding = train_step.place_state(state, mesh, False)
   compiled = train_step.compile_train_step(graphdef, train_step.make_loss_fn(config), mesh, sharding).lower(
       state, None, batch, jax.random.key(0)).compile()
   holder = {"state": state}
@@ -204,9 +197,9 @@ def compare(run_plain, run_fast, calls: int, warmup: int) -> dict[str, float]:
           "speedup": float(np.median(plain) / np.median(fast)), "calls": calls}
 
 
-def main(argv: list[str] | None = None) -> int:
+@cli.command
+def main(argv: list[str]) -> int:
   import jax
-  argv = sys.argv[1:] if argv is None else argv
   args, config = parse_args(argv)
   from lensjax.models import layers
   with layers.cpu_fast_paths(not args.plain):

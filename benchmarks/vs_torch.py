@@ -2,7 +2,7 @@
 
   python -m benchmarks.vs_torch                                   # everything: about 6-8 minutes on 2 cores
   python -m benchmarks.vs_torch --parts isnet --repeats 5         # a quick look: IS-Net only, about 1.5 minutes
-  python -m benchmarks.vs_torch --lensjax-path ../lensjax-old     # time another checkout's lensjax (before/after)
+  python -m benchmarks.vs_torch --plain                           # lensjax without its CPU fast paths (the 'before')
 
 Parts (`--parts`, default all three):
   isnet          IS-Net 1 -> 1 at the original's shape: 128 px, batch 8, full width (44.0 M parameters); training
@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from lensjax import cli
+
 SCHEMA = "lensjax.vs_torch/1"
 PARTS = ("isnet", "isnet_default", "msrfnet")
 PHASES = ("train", "infer")
@@ -74,7 +76,7 @@ def parts_table(width: float | None, image_size: int | None, batch_size: int | N
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.vs_torch", description=__doc__.split("\n\n")[0])
+  parser = cli.ArgumentParser(prog="python -m benchmarks.vs_torch", description=__doc__.split("\n\n")[0])
   parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
   parser.add_argument("--phases", default=",".join(PHASES), help="train, infer or both (default)")
   parser.add_argument("--repeats", type=int, default=7, help="timed alternating rounds per phase (default 7)")
@@ -82,8 +84,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--width", type=float, default=None, help="override every part's width (tests)")
   parser.add_argument("--image-size", type=int, default=None, help="override the 128 px images (multiple of 8)")
   parser.add_argument("--batch-size", type=int, default=None, help="override every part's batch")
-  parser.add_argument("--lensjax-path", default=None,
-                      help="a checkout whose lensjax package is timed instead of the importable one")
+  parser.add_argument("--plain", action="store_true",
+                      help="trace lensjax without its CPU fast paths (`lensjax.models.layers.cpu_fast_paths`)")
   parser.add_argument("--out", default=None, help="record path (default runs/benchmarks/vs_torch-*.json)")
   args = parser.parse_args(argv)
   args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -96,8 +98,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.error("--repeats and --warmup must be at least 1")
   if args.image_size is not None and (args.image_size < 8 or args.image_size % 8):
     parser.error(f"--image-size={args.image_size}: MSRF-Net needs a multiple of 8")
-  if args.lensjax_path and not (pathlib.Path(args.lensjax_path) / "lensjax" / "__init__.py").is_file():
-    parser.error(f"--lensjax-path={args.lensjax_path}: no lensjax/__init__.py there")
   return args
 
 
@@ -130,7 +130,7 @@ def lensjax_calls(part: Part, batch: dict[str, np.ndarray]) -> dict[str, Any]:
   import jax
   from flax import nnx
   from lensjax import config as cfg
-  from lensjax import parallel, train, train_step
+  from lensjax import models, parallel, registry, train_step
 
   config = cfg.load_module_config(part.config)
   config.model.width, config.model.depth = part.width, part.depth
@@ -138,14 +138,13 @@ def lensjax_calls(part: Part, batch: dict[str, np.ndarray]) -> dict[str, Any]:
   if part.out_channels != len(config.data.targets):
     raise ValueError(f"part {part.name}: config {part.config} has {len(config.data.targets)} targets, "
                      f"not {part.out_channels}")
-  model, optimizer = train.build_model_and_optimizer(config, seed=0)
-  parameters = sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
   mesh = parallel.make_mesh()
+  train_state = train_step.create_train_state(config, mesh, seed=0)
+  graphdef, state, state_sharding = train_state.graphdef, train_state.state, train_state.shardings
+  parameters, _ = models.count_parameters(nnx.merge(graphdef, state)[0])
   device_batch = parallel.global_batch(batch, mesh)
   calls: dict[str, Any] = {"parameters": int(parameters)}
 
-  graphdef, state = nnx.split((model, optimizer))
-  state, state_sharding = train_step.place_state(state, mesh, False)
   start = time.perf_counter()
   compiled = train_step.compile_train_step(graphdef, train_step.make_loss_fn(config), mesh, state_sharding).lower(
       state, None, device_batch, jax.random.key(0)).compile()
@@ -159,7 +158,7 @@ def lensjax_calls(part: Part, batch: dict[str, np.ndarray]) -> dict[str, Any]:
   calls["train"] = (train_once, _flops(compiled), train_compile_s)
 
   # The eval-mode network of the current training state (the step donates and replaces the state's buffers).
-  inputs = [device_batch[key] for key in model.input_keys]
+  inputs = [device_batch[key] for key in registry.network(config.model.name).input_keys]
   start = time.perf_counter()
   forward = jax.jit(lambda s, *xs: train_step.inference_network(graphdef, s)(*xs)).lower(
       holder["state"], *inputs).compile()
@@ -331,12 +330,11 @@ def git_commit(checkout: pathlib.Path) -> str:
     return "unknown (not a git checkout)"
 
 
-def main(argv: list[str] | None = None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
+@cli.command
+def main(argv: list[str]) -> int:
   args = parse_args(argv)
-  if args.lensjax_path:
-    sys.path.insert(0, str(pathlib.Path(args.lensjax_path).resolve()))
   import lensjax
+  from lensjax.models import layers
   import torch
   from benchmarks import throughput
 
@@ -349,13 +347,15 @@ def main(argv: list[str] | None = None) -> int:
   print("| part, phase | PyTorch median (p10-p90) | lensjax median (p10-p90) | speed-up |\n|---|---|---|---|")
   table = parts_table(args.width, args.image_size, args.batch_size)
   rows = []
-  for name in args.parts:
-    rows += measure_part(table[name], args.phases, args, probes)
+  with layers.cpu_fast_paths(not args.plain):
+    for name in args.parts:
+      rows += measure_part(table[name], args.phases, args, probes)
   load = os.getloadavg()
   lensjax_dir = pathlib.Path(lensjax.__file__).resolve().parents[1]
   versions = throughput.versions()
   versions["torch"] = torch.__version__
   versions["lensjax_path"] = str(lensjax_dir)
+  versions["cpu_fast_paths"] = not args.plain
   versions["lensjax_commit"] = git_commit(lensjax_dir)
   record = {
       "schema": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
