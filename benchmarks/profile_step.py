@@ -156,29 +156,15 @@ def parse_args(argv: list[str]):
 
 def compiled_call(config, image_size: int, infer: bool):
   """(the compiled program, a function running it once and waiting for it)."""
-  import jax
   from benchmarks import vs_torch
-  from lensjax import data, parallel, registry, train_step
+  from lensjax import data
 
   part = vs_torch.Part("profile", "", config.model.name, config.model.width, config.model.depth,
                        data.input_channels(config), len(config.data.targets), config.train.batch_size,
                        image_size)
-  mesh = parallel.make_mesh()
-  batch = parallel.global_batch(vs_torch.random_batch(part), mesh)
-  train_state = train_step.create_train_state(config, mesh, seed=0)
-  graphdef, state, sharding = train_state.graphdef, train_state.state, train_state.shardings
-  if infer:
-    inputs = [batch[key] for key in registry.network(config.model.name).input_keys]
-    compiled = jax.jit(lambda s, *xs: train_step.inference_network(graphdef, s)(*xs)).lower(state, *inputs).compile()
-    return compiled, lambda: jax.block_until_ready(compiled(state, *inputs))
-  compiled = train_step.compile_train_step(graphdef, train_step.make_loss_fn(config), mesh, sharding).lower(
-      state, None, batch, jax.random.key(0)).compile()
-  holder = {"state": state}
-
-  def run():
-    holder["state"], step_metrics = compiled(holder["state"], None, batch, jax.random.key(1))
-    jax.block_until_ready((holder["state"], step_metrics))
-
+  phase = "infer" if infer else "train"
+  programs, _ = vs_torch.compile_programs(config, vs_torch.random_batch(part), (phase,))
+  compiled, run, _ = programs[phase]
   return compiled, run
 
 

@@ -38,6 +38,7 @@ import pathlib
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -127,10 +128,7 @@ def nchw(array: np.ndarray):
 def lensjax_calls(part: Part, batch: dict[str, np.ndarray]) -> dict[str, Any]:
   """lensjax's compiled training step and eval-mode forward on `batch`: {phase: (call, flops, compile_s)} and the
   parameter count."""
-  import jax
-  from flax import nnx
   from lensjax import config as cfg
-  from lensjax import models, parallel, registry, train_step
 
   config = cfg.load_module_config(part.config)
   config.model.width, config.model.depth = part.width, part.depth
@@ -138,34 +136,46 @@ def lensjax_calls(part: Part, batch: dict[str, np.ndarray]) -> dict[str, Any]:
   if part.out_channels != len(config.data.targets):
     raise ValueError(f"part {part.name}: config {part.config} has {len(config.data.targets)} targets, "
                      f"not {part.out_channels}")
+  programs, parameters = compile_programs(config, batch, PHASES)
+  calls: dict[str, Any] = {"parameters": parameters}
+  for phase, (compiled, call, compile_s) in programs.items():
+    calls[phase] = (call, _flops(compiled), compile_s)
+  return calls
+
+
+def compile_programs(config, batch: dict[str, np.ndarray], phases: Sequence[str]) -> tuple[dict[str, Any], int]:
+  """The real programs of `config` on `batch`, on every device: ({phase: (compiled, call running it once and
+  waiting, compile seconds)}, trainable parameters). 'train' is the jitted training step on a fresh state,
+  'infer' the eval-mode network of the current training state."""
+  import jax
+  from flax import nnx
+  from lensjax import models, parallel, registry, train_step
+
   mesh = parallel.make_mesh()
   train_state = train_step.create_train_state(config, mesh, seed=0)
-  graphdef, state, state_sharding = train_state.graphdef, train_state.state, train_state.shardings
-  parameters, _ = models.count_parameters(nnx.merge(graphdef, state)[0])
+  graphdef = train_state.graphdef
+  parameters, _ = models.count_parameters(nnx.merge(graphdef, train_state.state)[0])
   device_batch = parallel.global_batch(batch, mesh)
-  calls: dict[str, Any] = {"parameters": int(parameters)}
+  holder = {"state": train_state.state}      # the training step donates and replaces the state's buffers
+  programs: dict[str, Any] = {}
+  if "train" in phases:
+    start = time.perf_counter()
+    step = train_step.compile_train_step(graphdef, train_step.make_loss_fn(config), mesh, train_state.shardings)
+    compiled = step.lower(holder["state"], None, device_batch, jax.random.key(0)).compile()
 
-  start = time.perf_counter()
-  compiled = train_step.compile_train_step(graphdef, train_step.make_loss_fn(config), mesh, state_sharding).lower(
-      state, None, device_batch, jax.random.key(0)).compile()
-  train_compile_s = time.perf_counter() - start
-  holder = {"state": state}
+    def train_once():
+      holder["state"], step_metrics = compiled(holder["state"], None, device_batch, jax.random.key(1))
+      jax.block_until_ready((holder["state"], step_metrics))
 
-  def train_once():
-    holder["state"], step_metrics = compiled(holder["state"], None, device_batch, jax.random.key(1))
-    jax.block_until_ready((holder["state"], step_metrics))
-
-  calls["train"] = (train_once, _flops(compiled), train_compile_s)
-
-  # The eval-mode network of the current training state (the step donates and replaces the state's buffers).
-  inputs = [device_batch[key] for key in registry.network(config.model.name).input_keys]
-  start = time.perf_counter()
-  forward = jax.jit(lambda s, *xs: train_step.inference_network(graphdef, s)(*xs)).lower(
-      holder["state"], *inputs).compile()
-  infer_compile_s = time.perf_counter() - start
-  calls["infer"] = (lambda: jax.block_until_ready(forward(holder["state"], *inputs)), _flops(forward),
-                    infer_compile_s)
-  return calls
+    programs["train"] = (compiled, train_once, time.perf_counter() - start)
+  if "infer" in phases:
+    inputs = [device_batch[key] for key in registry.network(config.model.name).input_keys]
+    start = time.perf_counter()
+    forward = jax.jit(lambda s, *xs: train_step.inference_network(graphdef, s)(*xs)).lower(
+        holder["state"], *inputs).compile()
+    programs["infer"] = (forward, lambda: jax.block_until_ready(forward(holder["state"], *inputs)),
+                         time.perf_counter() - start)
+  return programs, int(parameters)
 
 
 def _flops(compiled) -> float:

@@ -385,11 +385,14 @@ def _silence_abandoned_reads() -> None:
   """Drops the 'Event loop is closed' errors of a failed restore's other reads, which finish after Orbax has
   closed their event loop and would otherwise bury the one line that says what failed under a traceback each."""
   previous = sys.unraisablehook     # TensorStore reports its callbacks' errors as unraisable
+  if getattr(previous, "drops_abandoned_reads", False):
+    return                           # installed by an earlier failed restore of this process
 
   def hook(unraisable):
     if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
       previous(unraisable)
 
+  hook.drops_abandoned_reads = True
   sys.unraisablehook = hook
 
 
