@@ -493,6 +493,12 @@ class TrainConfig:
   target_weights: tuple[float, ...] = ()   # per-target loss weights (empty: equal)
   msrf_output_weights: tuple[float, ...] = registry.network("msrfnet").output_weights   # x, edge_out, pred2,
                                                                                        # pred4
+  # MSRF-Net's targets. masks: the masks and their Canny edges. input: the original project's mistake, kept as
+  # an opt-in bug-compatible mode: the network learns to reproduce its own input image (and the Canny edges of
+  # the input), while validation still scores it against the masks (docs/results.md).
+  msrfnet_targets: Literal["masks", "input"] = "masks"
+  early_stop_evals: int = resumable(0)   # stop when validation checkpoint.best_metric has not improved for
+                                         # this many evaluations in a row (the original: 20); 0: never
   feature_sync: bool = False       # IS-Net: DIS intermediate supervision with a ground-truth encoder
   gt_encoder_steps: int = 500      # stage 1: steps training the ground-truth encoder on the masks
   feature_sync_weight: float = 1.0 # weight of the feature-synchronisation MSE in stage 2
@@ -506,6 +512,7 @@ class TrainConfig:
       _check_range(f"train.{name}", getattr(self, name), 1, None, "images in the global batch")
     for name in ("num_steps", "log_every", "eval_every", "gt_encoder_steps"):
       _check_range(f"train.{name}", getattr(self, name), 1, None, "steps")
+    _check_range("train.early_stop_evals", self.early_stop_evals, 0, None, "evaluations; 0 never stops early")
     _check_range("train.figure_images", self.figure_images, 0, None, "images")
     _check_range("train.feature_sync_weight", self.feature_sync_weight, 0, None, "a loss weight")
     for name in ("target_weights", "msrf_output_weights"):
@@ -560,6 +567,9 @@ class Config:
     if expected and len(self.train.msrf_output_weights) != len(expected):
       raise ConfigError(f"config.train.msrf_output_weights={self.train.msrf_output_weights!r}: "
                         f"{self.model.name} has {len(expected)} outputs; give one weight each")
+    if self.train.msrfnet_targets != "masks" and self.model.name != "msrfnet":
+      raise ConfigError(f"config.train.msrfnet_targets={self.train.msrfnet_targets!r} applies to MSRF-Net only, "
+                        f"not model.name={self.model.name!r}; leave it at 'masks'")
     if self.train.feature_sync and registry.network(self.model.name).gt_encoder is None:
       raise ConfigError(f"config.train.feature_sync=true applies to IS-Net only, not "
                         f"model.name={self.model.name!r}")

@@ -5,18 +5,24 @@
   python -m lensjax.evaluate runs/default --checkpoint 1000 --out results/default_1000
   python -m lensjax.evaluate runs/default --config.sim.noise=gaussian      # the same model on noisy images
   python -m lensjax.evaluate weights/isnet --config isnet_sim:arcs         # imported IS-Net weights
+  python -m lensjax.evaluate runs/original_isnet_arcs_cpu --protocol original          # beside the original's table
+  python -m lensjax.evaluate runs/original_isnet_arcs_cpu --source irregular --crowded --noise jwst   # harder set
 
-The table has the layout of the original project's results table: one row per target, columns Dice, mIoU,
-precision and recall, with lensjax's definitions (confusion counts summed over every pixel of the split;
-`lensjax.metrics`) and the original's per-image mIoU beside them, then IoU, max F and MAE. For simulated data
+The table has one row per target and lensjax's definitions (confusion counts summed over every pixel of the
+split; `lensjax.metrics`): Dice, mean fg/bg IoU, the per-image min-max IoU (the original IS-Net rule, over
+every image), precision, recall, IoU, max F and MAE. `--protocol original` puts first the rows of the original's
+table this run reproduces, each under that row's own definitions (they differ from row to row:
+docs/results.md), with the original's number and the difference. `--source`, `--crowded` and `--noise` evaluate on
+harder simulated scenes (as `python -m lensjax.simulate`'s options; docs/harder-simulations.md). For simulated data
 it adds where the model fails: the per-image IoU averaged in quantile bins of the Einstein radius theta_E
 (arcsec), of the arcs' matched-filter signal-to-noise arc_snr and of their flux arc_flux (counts), over the
 lenses, with the non-lenses (no arcs) in a row of their own, and how well the catalog's Einstein-radius proxy
 (`python -m lensjax.predict`'s arc-light-weighted radius, `lensjax.catalog`) follows the true theta_E: the
 median absolute error in arcsec over the lenses whose arcs it finds, and a scatter plot.
 
-Files: `<RUN_DIR>/evaluation_<split>_step<N>.md` and `.json` (or `--out PATH` -> PATH.md, PATH.json), and for
-simulated data the theta_E scatter plot beside them (`..._theta_E.png`). The table is printed before they are
+Files: `<RUN_DIR>/evaluation_<split>_step<N>.md` and `.json` (or `--out PATH` -> PATH.md, PATH.json), and beside
+them the hardest images (`..._hardest.png`) and, for simulated data, per-image IoU against theta_E and arc S/N
+(`..._iou.png`) and the theta_E proxy's scatter plot (`..._theta_E.png`). The table is printed before they are
 written, so a run directory that cannot be written to (read-only) loses nothing: one error line names the path
 and `--out`, exit status 2. `--checkpoint best` (default) is the best by the run's `checkpoint.best_metric` (the
 latest when no checkpoint was saved at an evaluation step), `last` the newest, or a step number.
@@ -39,16 +45,21 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lensjax import catalog, checkpoint, cli, data, evaluation, parallel, plots, run_directory, train_step
+from lensjax import catalog, checkpoint, cli, data, evaluation, metrics, parallel, plots, run_directory, simulate
+from lensjax import train_step
 from lensjax import config as cfg
 from lensjax.models import import_torch
 
 # Per-image simulation parameters IoU is binned by: (key, label with units).
 BINNED_PARAMETERS = (("theta_E", "θ_E (arcsec)"), ("arc_snr", "arc S/N"), ("arc_flux", "arc flux (counts)"))
 # The table's columns: (metric prefix in `lensjax.metrics.summarize`, column title).
-TABLE_COLUMNS = (("dice", "Dice"), ("miou", "mIoU"), ("orig_miou", "mIoU (original, per image)"),
+TABLE_COLUMNS = (("dice", "Dice"), ("miou", "mean fg/bg IoU"), ("orig_miou", "per-image min-max IoU"),
                  ("precision", "Precision"), ("recall", "Recall"), ("iou", "IoU"), ("maxf", "max F"),
                  ("mae", "MAE"))
+# `--protocol original`: the original's columns, each under the row's own definition (`metrics.original_row_scores`).
+ORIGINAL_COLUMNS = (("dice", "Dice"), ("miou", "mIoU"), ("precision", "Precision"), ("recall", "Recall"))
+PROTOCOLS = ("lensjax", "original")
+HARDEST_IMAGES = 6       # images in the hardest-cases panel
 OVERRIDABLE_SECTIONS = ("sim", "data")
 IMPORTED_MODEL_FILE = "model.json"
 
@@ -236,9 +247,61 @@ def theta_e_proxy(run: LoadedRun, split: str, chunk: int = 256) -> dict[str, Any
 # The report.
 
 
+def original_dataset(config: cfg.Config, target: str) -> str:
+  """The dataset column of the original's table that `target` of `config`'s data belongs to."""
+  return "chaos" if config.data.source in ("png", "chaos") else target
+
+
+def original_protocol(config: cfg.Config, result: evaluation.Evaluation) -> list[dict[str, Any]]:
+  """The rows of the original's table this run reproduces, each under that row's own definitions.
+
+  IS-Net rows: per-image scores of the min-max normalised map at 0.5, averaged over the test images; for the
+  arcs over the lenses only, as the original. MSRF-Net rows: per-image Dice (empty vs empty = 1) and global IoU,
+  precision and recall over every image. Each row holds `lensjax`, `original` and `difference` (lensjax minus
+  original) dicts of Dice, mIoU, precision and recall, and the number of `images` averaged over.
+  """
+  network, rows = config.model.name, []
+  for k, target in enumerate(config.data.targets):
+    dataset = original_dataset(config, target)
+    if (network, dataset) not in metrics.ORIGINAL_TABLE:
+      continue
+    include = None
+    if network == "isnet" and target == "arcs" and "is_lens" in result.per_image:
+      include = result.per_image["is_lens"] > 0.5
+    scores = metrics.original_row_scores(network, result.maps["probabilities"][..., k], result.maps["mask"][..., k],
+                                         include)
+    original = metrics.ORIGINAL_TABLE[(network, dataset)]
+    rows.append({"network": network, "dataset": dataset, "target": target,
+                 "images": int(result.maps["mask"].shape[0] if include is None else np.sum(include)),
+                 "lensjax": scores, "original": original,
+                 "difference": {name: scores[name] - original[name] for name in original}})
+  if not rows:
+    raise ValueError(f"--protocol original: the original's table has no row for model {network!r} with targets "
+                     f"{', '.join(config.data.targets)} on {config.data.source} data; its rows are "
+                     + ", ".join(f"{n} {d}" for n, d in metrics.ORIGINAL_TABLE))
+  return rows
+
+
+def hardest_cases(result: evaluation.Evaluation, count: int = HARDEST_IMAGES) -> dict[str, np.ndarray]:
+  """The `count` images with the lowest mean IoU over targets (lenses only where the split says which are):
+  `image` (n, H, W, 1), `mask`, `probabilities` (n, H, W, K) and their split `index` (n,), hardest first."""
+  iou = np.mean(result.per_image["iou"], axis=1)
+  candidates = np.arange(iou.size)
+  if "is_lens" in result.per_image and np.any(result.per_image["is_lens"] > 0.5):
+    candidates = candidates[result.per_image["is_lens"] > 0.5]
+  rows = candidates[np.argsort(iou[candidates], kind="stable")[:count]]
+  maps = result.maps
+  return {"image": np.asarray(maps["image"][rows, ..., None], np.float32), "mask": maps["mask"][rows],
+          "probabilities": maps["probabilities"][rows], "index": result.per_image["index"][rows]}
+
+
 def evaluate_run(run: LoadedRun, split: str, *, batch_size: int | None = None, num_bins: int = 4,
-                 mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
-  """Evaluates `run` on `split`; returns the report (what the JSON file holds)."""
+                 mesh: jax.sharding.Mesh | None = None, protocol: str = "lensjax"
+                 ) -> tuple[dict[str, Any], evaluation.Evaluation]:
+  """Evaluates `run` on `split`; returns the report (what the JSON file holds) and the evaluation (per-image
+  results and the probability maps). `protocol='original'` adds the original's table rows (`original_protocol`)."""
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"--protocol {protocol}: expected one of {', '.join(PROTOCOLS)}")
   config = run.config
   if config.data.source == "fits":
     raise ValueError("data.source='fits' has no masks to evaluate against; use python -m lensjax.predict")
@@ -251,36 +314,86 @@ def evaluate_run(run: LoadedRun, split: str, *, batch_size: int | None = None, n
                      f"({jax.device_count()})")
   loader = data.make_loader(config, split, batch_size=batch_size // jax.process_count(), shuffle=False,
                             num_epochs=1, seed=0, with_edge=data.needs_edge(config))
-  step = train_step.compile_eval_step(run.graphdef, train_step.make_loss_fn(config), mesh, run.state_sharding)
+  step = train_step.compile_eval_step(run.graphdef, train_step.make_loss_fn(config), mesh, run.state_sharding,
+                                      maps=True)
   result = evaluation.evaluate_split(step, run.state, loader, mesh, config.data.targets)
   bins = {}
   for key, _ in BINNED_PARAMETERS:
     binned = binned_iou(result.per_image, config.data.targets, key, num_bins)
     if binned is not None:
       bins[key] = binned
-  return {"run": str(run.path), "checkpoint": run.description, "step": run.step, "split": split,
-          "data": config.data.source, "images": int(result.per_image["iou"].shape[0]),
-          "targets": list(config.data.targets), "metrics": result.metrics, "iou_bins": bins,
-          "theta_E_proxy": theta_e_proxy(run, split)}
+  report = {"run": str(run.path), "checkpoint": run.description, "step": run.step, "split": split,
+            "data": config.data.source, "images": int(result.per_image["iou"].shape[0]),
+            "targets": list(config.data.targets), "metrics": result.metrics, "iou_bins": bins,
+            "theta_E_proxy": theta_e_proxy(run, split), "sim": describe_sim(config)}
+  if protocol == "original":
+    report["original_protocol"] = original_protocol(config, result)
+  return report, result
+
+
+def describe_sim(config: cfg.Config) -> str | None:
+  """The simulated scenes in a few words (source model, field, noise), None for data from files."""
+  if config.data.source != "sim":
+    return None
+  sim = config.sim
+  field = f"crowded field ({sim.crowd_galaxies_mean:g} extra galaxies)" if sim.crowd_galaxies_mean else "field"
+  noise = "pristine" if sim.noise == "none" else (
+      f"{sim.noise} noise, {sim.num_exposures} x {sim.exposure_time:g} s, sky {sim.sky_brightness:g} mag/arcsec^2")
+  return f"{sim.source_model} sources, {field}, {noise}"
 
 
 def _row(cells: Sequence[Any]) -> str:
   return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+ORIGINAL_DEFINITIONS = {
+    "isnet": ("per image, the probability map min-max normalised to [0, 1] and thresholded at 0.5; mIoU and Dice "
+              "are per-image IoU and Dice of that mask (smoothing 1e-15) averaged over the images; precision and "
+              "recall are means over the images and over 255 thresholds of the normalised map (the original's "
+              "IS-Net code computes no Dice: this one uses the same mask)"),
+    "msrfnet": ("prediction = probability >= 0.5; Dice per image, an empty prediction of an empty mask scoring 1, "
+                "averaged over the images; mIoU one global foreground IoU over every pixel of the split; precision "
+                "and recall global"),
+}
+NETWORK_TITLES = {"isnet": "IS-Net", "msrfnet": "MSRF-Net"}
+DATASET_TITLES = {"lens": "lenses", "arcs": "arcs", "chaos": "CHAOS"}
+
+
+def original_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
+  """The `--protocol original` table: per row lensjax's value, the original's and the difference."""
+  lines = ["## The original's table, under its own protocol", "",
+           _row(["Dataset", "Network", "", *(title for _, title in ORIGINAL_COLUMNS)]),
+           _row(["---"] * (3 + len(ORIGINAL_COLUMNS)))]
+  for row in rows:
+    name = [DATASET_TITLES.get(row["dataset"], row["dataset"]), NETWORK_TITLES.get(row["network"], row["network"])]
+    lines.append(_row([*name, "lensjax", *(f"{row['lensjax'][k]:.4f}" for k, _ in ORIGINAL_COLUMNS)]))
+    lines.append(_row(["", "", "original", *(f"{row['original'][k]:.4f}" for k, _ in ORIGINAL_COLUMNS)]))
+    lines.append(_row(["", "", "difference", *(f"{row['difference'][k]:+.4f}" for k, _ in ORIGINAL_COLUMNS)]))
+  lines.append("")
+  for row in rows:
+    lines.append(f"{DATASET_TITLES.get(row['dataset'], row['dataset'])}, "
+                 f"{NETWORK_TITLES.get(row['network'], row['network'])}: over {row['images']} images"
+                 + (" (the lenses only, as the original)" if row["network"] == "isnet" and row["target"] == "arcs"
+                    else "") + f"; {ORIGINAL_DEFINITIONS[row['network']]}.")
+  return lines + [""]
+
+
 def markdown(report: dict[str, Any]) -> str:
-  """The report as Markdown: the results table, then the binned IoU tables."""
-  metrics = report["metrics"]
+  """The report as Markdown: the original's table (`--protocol original`), lensjax's table, the binned IoU."""
+  values = report["metrics"]
   lines = [f"# {report['run']}: {report['split']} split ({report['images']} images, {report['data']} data)", "",
-           f"Checkpoint: {report['checkpoint']}.", "",
-           _row(["Target", *(title for _, title in TABLE_COLUMNS)]), _row(["---"] * (1 + len(TABLE_COLUMNS)))]
+           f"Checkpoint: {report['checkpoint']}." + (f" Scenes: {report['sim']}." if report.get("sim") else ""), ""]
+  if report.get("original_protocol"):
+    lines += original_markdown(report["original_protocol"]) + ["## lensjax's metrics", ""]
+  lines += [_row(["Target", *(title for _, title in TABLE_COLUMNS)]), _row(["---"] * (1 + len(TABLE_COLUMNS)))]
   for target in [*report["targets"], "mean"]:
     lines.append(_row([target if target != "mean" else "*mean*",
-                       *(f"{metrics[f'{name}/{target}']:.4f}" for name, _ in TABLE_COLUMNS)]))
-  lines += ["", "Dice, mIoU (mean of foreground and background IoU), precision, recall and IoU count pixels over "
-            "the whole split at probability 0.5; the original's mIoU is its per-image IoU after min-max "
-            "normalising each probability map, averaged over images; max F is the best F-beta (beta^2 = 0.3) "
-            "over thresholds; MAE the mean absolute error of the probabilities."]
+                       *(f"{values[f'{name}/{target}']:.4f}" for name, _ in TABLE_COLUMNS)]))
+  lines += ["", "Dice, mean fg/bg IoU (the mean of the foreground and the background IoU), precision, recall and "
+            "IoU (foreground) count pixels over the whole split at probability 0.5; per-image min-max IoU is the "
+            "original IS-Net rule (each probability map min-max normalised, thresholded at 0.5, IoU per image) "
+            "averaged over every image, non-lenses included; max F is the best F-beta (beta^2 = 0.3) over "
+            "thresholds; MAE the mean absolute error of the probabilities."]
   labels = dict(BINNED_PARAMETERS)
   for key, binned in report["iou_bins"].items():
     targets = report["targets"]
@@ -302,6 +415,22 @@ def markdown(report: dict[str, Any]) -> str:
               f"{proxy['lenses']} lenses whose arcs it finds (scatter plot: `*_theta_E.png`); it finds arcs in "
               f"{proxy['non_lenses_found']} of the {proxy['non_lenses']} non-lenses."]
   return "\n".join(lines) + "\n"
+
+
+def write_figures(report: dict[str, Any], result: evaluation.Evaluation, config: cfg.Config,
+                  markdown_path: pathlib.Path) -> None:
+  """Beside the Markdown file: `*_hardest.png` (the hardest cases) and, for simulated data, `*_iou.png`
+  (per-image IoU against theta_E and arc S/N)."""
+  stem, title = markdown_path.with_suffix(""), f"{report['run']}, {report['split']} split"
+  hardest = hardest_cases(result)
+  plots.plot_predictions(hardest["image"], hardest["mask"], hardest["probabilities"], config.data.targets,
+                         stem.with_name(stem.name + "_hardest.png"),
+                         title=f"{title}: the {len(hardest['index'])} hardest images (indices "
+                               f"{', '.join(map(str, hardest['index']))})")
+  shown = [(key, label) for key, label in BINNED_PARAMETERS[:2] if key in result.per_image]
+  if shown and "is_lens" in result.per_image and np.any(result.per_image["is_lens"] > 0.5):
+    plots.plot_iou_vs_parameters(result.per_image, config.data.targets, shown, stem.with_name(stem.name + "_iou.png"),
+                                 title=title)
 
 
 def output_paths(run_dir: pathlib.Path, report: dict[str, Any], out: str | None) -> tuple[pathlib.Path, pathlib.Path]:
@@ -336,10 +465,15 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--batch-size", type=int, default=None, help="default: the run's train.eval_batch_size")
   parser.add_argument("--bins", type=int, default=4, help="quantile bins of the binned IoU tables (default 4)")
   parser.add_argument("--config", default=None, help="for imported weights only: the config of the data")
+  parser.add_argument("--protocol", default="lensjax", choices=PROTOCOLS,
+                      help="original: also the original's table rows under its own definitions, beside its numbers")
+  simulate.add_scene_arguments(parser)
   args, overrides = cli.parse(parser, argv)
   parallel.initialize(parallel.options_from_env())
+  overrides = [f"--config.sim.{k}={v}" for k, v in simulate.scene_fields(args).items()] + list(overrides)
   run = load_run(args.run_dir, args.checkpoint, config_name=args.config, overrides=overrides)
-  report = evaluate_run(run, args.split, batch_size=args.batch_size, num_bins=args.bins)
+  report, result = evaluate_run(run, args.split, batch_size=args.batch_size, num_bins=args.bins,
+                                protocol=args.protocol)
   if parallel.is_main_process():
     # The table first: a run directory that cannot be written to (read-only, full) costs only the files.
     text = markdown(report)
@@ -347,6 +481,7 @@ def main(argv: list[str]) -> int:
     markdown_path, json_path = output_paths(pathlib.Path(args.run_dir), report, args.out)
     try:
       write_report(text, report, markdown_path, json_path)
+      write_figures(report, result, run.config, markdown_path)
       if report["theta_E_proxy"] and report["theta_E_proxy"]["found"]:
         plots.plot_theta_e_proxy(report["theta_E_proxy"]["theta_E"], report["theta_E_proxy"]["radius_arcsec"],
                                  markdown_path.with_name(markdown_path.stem + "_theta_E.png"),

@@ -20,14 +20,22 @@ class Evaluation:
   metrics: dict[str, float]               # `metrics.summarize` plus the losses (averaged over images)
   per_image: dict[str, np.ndarray]        # the per_image outputs, real images only, in the split's order
   panel: dict[str, np.ndarray] | None     # `image`, `mask`, `probabilities` of the first images (process 0's)
+  maps: dict[str, np.ndarray] | None = None   # from a step compiled with `maps=True`: `probabilities` (N, H, W, K)
+                                              # float32, `mask` (N, H, W, K) bool, `image` (N, H, W) float16, real
+                                              # images only, in the split's order (every process holds all)
 
 
 def evaluate_split(eval_step, state, loader, mesh, targets) -> Evaluation:
   """Runs `eval_step` (from `train_step.compile_eval_step`) over every batch of `loader` (a finite loader)."""
-  totals, loss_sums, parts, panel = None, {}, [], None
+  totals, loss_sums, parts, panel, map_parts = None, {}, [], None, []
   for local_batch in loader:
     out = eval_step(state, parallel.global_batch(local_batch, mesh))
     sums, per_image, probabilities = out.pop("sums"), out.pop("per_image"), out.pop("panel", None)
+    if "maps" in out:
+      batch_maps = jax.device_get(out.pop("maps"))
+      map_parts.append({"probabilities": np.asarray(batch_maps["probabilities"], np.float32),
+                        "mask": np.asarray(batch_maps["mask"]) >= 0.5,
+                        "image": np.asarray(batch_maps["image"][..., 0], np.float16)})
     batch_images = float(sums["images"])
     totals = metrics.accumulate(totals, sums)
     for k, v in train_step.host_scalars(out).items():
@@ -44,4 +52,5 @@ def evaluate_split(eval_step, state, loader, mesh, targets) -> Evaluation:
   summary.update({k: v / images for k, v in loss_sums.items()})
   per_image = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
   real = per_image["valid"] > 0
-  return Evaluation(summary, {k: v[real] for k, v in per_image.items()}, panel)
+  maps = {k: np.concatenate([p[k] for p in map_parts])[real] for k in map_parts[0]} if map_parts else None
+  return Evaluation(summary, {k: v[real] for k, v in per_image.items()}, panel, maps)

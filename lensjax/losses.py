@@ -106,6 +106,14 @@ def msrfnet_loss(outputs: Sequence[jax.Array], mask: jax.Array, mask_edge: jax.A
   return total, terms
 
 
+def input_as_targets(batch: dict[str, jax.Array], num_targets: int) -> dict[str, jax.Array]:
+  """The original MSRF-Net's mistaken targets: `batch` with `mask` replaced by the input image (its first channel,
+  in [0, 1], once per target) and `mask_edge` by the input's Canny edges (`batch['edge']`), each (B, H, W, K)."""
+  def per_target(x):
+    return jnp.repeat(x[..., :1], num_targets, axis=-1)
+  return {**batch, "mask": per_target(batch["image"]), "mask_edge": per_target(batch["edge"])}
+
+
 def isnet_batch_loss(outputs, batch: dict[str, jax.Array], target_weights: Sequence[float] | None,
                      output_weights: Sequence[float] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`isnet_loss` of IS-Net's (or its ground-truth encoder's) `(side_logits, features)` on `batch['mask']`."""

@@ -155,6 +155,20 @@ def _min_max_normalised(probabilities: np.ndarray) -> np.ndarray:
     return (probabilities - low) / (high - low)
 
 
+def _min_max_overlaps(probabilities: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Per image (intersection, predicted pixels, mask pixels), (N,) float64 each, of the min-max normalised map
+  thresholded at 0.5 against the mask."""
+  predicted = _min_max_normalised(probabilities) >= 0.5
+  truth = np.asarray(masks) >= 0.5
+  return (np.sum(predicted & truth, axis=(1, 2), dtype=np.float64), np.sum(predicted, axis=(1, 2), dtype=np.float64),
+          np.sum(truth, axis=(1, 2), dtype=np.float64))
+
+
+def _mean_over(values: np.ndarray, include: np.ndarray | None) -> float:
+  selected = values if include is None else values[np.asarray(include, bool)]
+  return float(np.mean(selected)) if selected.size else float("nan")
+
+
 def original_isnet_miou(probabilities: np.ndarray, masks: np.ndarray, include: np.ndarray | None = None) -> float:
   """The IS-Net row's "mIoU": per image, IoU of (min-max normalised map >= 0.5) with the mask, averaged.
 
@@ -162,13 +176,18 @@ def original_isnet_miou(probabilities: np.ndarray, masks: np.ndarray, include: n
   against a constant one. `include` (N,) bool selects the images averaged over: the original's arcs row
   averaged over lenses only. Returns NaN when no image is selected.
   """
-  predicted = _min_max_normalised(probabilities) >= 0.5
-  truth = np.asarray(masks) >= 0.5
-  intersection = np.sum(predicted & truth, axis=(1, 2), dtype=np.float64)
-  union = np.sum(predicted | truth, axis=(1, 2), dtype=np.float64)
-  iou = (intersection + ORIGINAL_IOU_SMOOTHING) / (union + ORIGINAL_IOU_SMOOTHING)
-  selected = iou if include is None else iou[np.asarray(include, bool)]
-  return float(np.mean(selected)) if selected.size else float("nan")
+  intersection, predicted, truth = _min_max_overlaps(probabilities, masks)
+  union = predicted + truth - intersection
+  return _mean_over((intersection + ORIGINAL_IOU_SMOOTHING) / (union + ORIGINAL_IOU_SMOOTHING), include)
+
+
+def original_isnet_dice(probabilities: np.ndarray, masks: np.ndarray, include: np.ndarray | None = None) -> float:
+  """A Dice for the IS-Net row, whose code computes none: per image 2|P & T| / (|P| + |T|) of the same
+  binarisation as `original_isnet_miou` (min-max normalised map >= 0.5), with the same 1e-15 smoothing, averaged
+  over the `include`d images (NaN when none)."""
+  intersection, predicted, truth = _min_max_overlaps(probabilities, masks)
+  return _mean_over((2 * intersection + ORIGINAL_IOU_SMOOTHING) / (predicted + truth + ORIGINAL_IOU_SMOOTHING),
+                    include)
 
 
 def original_isnet_precision_recall(probabilities: np.ndarray, masks: np.ndarray) -> dict[str, float]:
@@ -216,3 +235,34 @@ def original_msrfnet_scores(probabilities: np.ndarray, masks: np.ndarray) -> dic
   return dict(dice=float(dice.mean()),
               iou=float((true_positives + ORIGINAL_IOU_SMOOTHING) / (union + ORIGINAL_IOU_SMOOTHING)),
               precision=float(precision), recall=float(recall))
+
+
+# The original project's results table (docs/results.md): (network, dataset) -> its Dice, mIoU, precision and
+# recall, each under that row's own definitions.
+ORIGINAL_TABLE = {
+    ("msrfnet", "chaos"): dict(dice=0.9493, miou=0.9232, precision=0.9660, recall=0.9542),
+    ("isnet", "chaos"): dict(dice=0.9633, miou=0.9486, precision=0.9826, recall=0.9712),
+    ("msrfnet", "lens"): dict(dice=0.1346, miou=0.0947, precision=0.1335, recall=0.2457),
+    ("isnet", "lens"): dict(dice=0.9813, miou=0.9859, precision=0.9867, recall=0.9913),
+    ("msrfnet", "arcs"): dict(dice=0.5233, miou=0.1845, precision=0.3676, recall=0.2702),
+    ("isnet", "arcs"): dict(dice=0.9602, miou=0.9547, precision=0.9642, recall=0.9704),
+}
+
+
+def original_row_scores(network: str, probabilities: np.ndarray, masks: np.ndarray,
+                        include: np.ndarray | None = None) -> dict[str, float]:
+  """Dice, mIoU, precision and recall of one row of the original's table, under that row's definitions.
+
+  network: 'isnet' (`original_isnet_dice`, `original_isnet_miou`, `original_isnet_precision_recall`, over the
+  `include`d images: the arcs row's lenses) or 'msrfnet' (`original_msrfnet_scores`, over every image, as the
+  original did). probabilities, masks: (N, H, W) of one target.
+  """
+  if network == "msrfnet":
+    scores = original_msrfnet_scores(probabilities, masks)
+    return dict(dice=scores["dice"], miou=scores["iou"], precision=scores["precision"], recall=scores["recall"])
+  if include is not None:
+    include = np.asarray(include, bool)
+    probabilities, masks = np.asarray(probabilities)[include], np.asarray(masks)[include]
+  curves = original_isnet_precision_recall(probabilities, masks)
+  return dict(dice=original_isnet_dice(probabilities, masks), miou=original_isnet_miou(probabilities, masks),
+              precision=curves["precision"], recall=curves["recall"])

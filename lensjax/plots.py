@@ -247,3 +247,40 @@ def plot_theta_e_proxy(theta_e: np.ndarray, proxy: np.ndarray, path: str | pathl
 
 __all__ = ["CURVES_FILE", "PREDICTIONS_FILE", "TARGET_COLORS", "curves_figure", "display_image", "outline",
            "overlay", "plot_contact_sheet", "plot_curves", "plot_predictions", "plot_theta_e_proxy", "read_metrics"]
+
+
+def plot_iou_vs_parameters(per_image: dict[str, np.ndarray], targets: Sequence[str],
+                           parameters: Sequence[tuple[str, str]], path: str | pathlib.Path, title: str = "",
+                           num_bins: int = 8) -> pathlib.Path:
+  """Per-image IoU of the lenses against simulation parameters: one panel per parameter, a dot per lens and
+  target, and the mean in `num_bins` quantile bins as a line.
+
+  Args:
+    per_image: `iou` (N, K), `is_lens` (N,) and each parameter (N,), as `evaluation.evaluate_split` returns.
+    parameters: (key, axis label) pairs, e.g. ('theta_E', 'θ_E (arcsec)'); a key named `*snr*` or `*flux*` gets a
+      logarithmic axis.
+  """
+  lens = np.asarray(per_image["is_lens"]) > 0.5
+  iou = np.asarray(per_image["iou"], np.float64)[lens]
+  figure = Figure(figsize=(4.2 * len(parameters), 3.4 + (0.3 if title else 0)), dpi=_DPI, layout="constrained")
+  grid = figure.subplots(1, len(parameters), squeeze=False)[0]
+  for axes, (key, label) in zip(grid, parameters):
+    values = np.asarray(per_image[key], np.float64)[lens]
+    logarithmic = ("snr" in key or "flux" in key) and values.size and np.all(values > 0)
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, num_bins + 1))) if values.size else np.zeros(1)
+    for k, target in enumerate(targets):
+      color = np.asarray(TARGET_COLORS[k % len(TARGET_COLORS)]) / 255
+      axes.scatter(values, iou[:, k], s=4, alpha=0.3, color=color, linewidths=0)
+      which = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, max(edges.size - 2, 0))
+      centres = [np.median(values[which == b]) for b in range(edges.size - 1) if np.any(which == b)]
+      means = [np.mean(iou[which == b, k]) for b in range(edges.size - 1) if np.any(which == b)]
+      axes.plot(centres, means, "-o", color=color, markersize=3, label=f"{target}: mean per bin")
+    if logarithmic:
+      axes.set_xscale("log")
+    axes.set_xlabel(label)
+    axes.set_ylabel("per-image IoU")
+    axes.set_ylim(-0.02, 1.02)
+    axes.legend(fontsize="small", loc="lower right")
+  if title:
+    figure.suptitle(title)
+  return _save(figure, pathlib.Path(path))

@@ -46,31 +46,42 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--seed", type=int, default=0, help="dataset seed in [0, 2^32) (default 0)")
   parser.add_argument("--size", type=int, help="stamp size in pixels (default: SimConfig.image_size, 125)")
   parser.add_argument("--pixel-scale", type=float, help="arcsec per pixel (default: SimConfig, 0.031)")
+  parser.add_argument("--lens-fraction", type=float, help="fraction of lenses (default: SimConfig, 0.5)")
+  add_scene_arguments(parser)
+  parser.add_argument("--chunk", type=int, default=1024, help="images rendered and written per step (> 0)")
+  parser.add_argument("--force", action="store_true", help="overwrite an existing dataset in --out")
+  return parser
+
+
+def add_scene_arguments(parser: argparse.ArgumentParser) -> None:
+  """The harder-scene options shared by `simulate` and `evaluate`: --noise, --source, --crowded."""
   parser.add_argument("--noise", choices=("none", "gaussian", "poisson", "jwst"),
                       help="noise model (default: none); jwst: poisson with a deep F115W exposure and sky "
                            "(lensjax.sim.instrument.JWST_F115W_DEEP)")
-  parser.add_argument("--lens-fraction", type=float, help="fraction of lenses (default: SimConfig, 0.5)")
   parser.add_argument("--source", choices=("sersic", "irregular"),
                       help="source morphology: Sersic + clumps (default) or irregular (twisted spiral body, knots)")
   parser.add_argument("--crowded", action="store_true",
                       help="crowded field: JADES-like density of extra faint field galaxies "
                            "(config.sim.crowd_galaxies_mean=10)")
-  parser.add_argument("--chunk", type=int, default=1024, help="images rendered and written per step (> 0)")
-  parser.add_argument("--force", action="store_true", help="overwrite an existing dataset in --out")
-  return parser
+
+
+def scene_fields(args: argparse.Namespace) -> dict[str, object]:
+  """The SimConfig fields that `add_scene_arguments`' options set (only those given)."""
+  from lensjax.sim.instrument import JWST_F115W_DEEP
+  from lensjax.sim.scenes import CROWDED_FIELD_GALAXIES
+  fields = dict(noise=args.noise, source_model=args.source,
+                crowd_galaxies_mean=CROWDED_FIELD_GALAXIES if args.crowded else None)
+  if args.noise == "jwst":
+    fields.update(JWST_F115W_DEEP)
+  return {k: v for k, v in fields.items() if v is not None}
 
 
 def sim_config_from_args(args: argparse.Namespace, overrides: list[str]) -> cfg.SimConfig:
   """SimConfig defaults, then the named options, then --config.sim.* overrides (any other section is refused);
   a value out of range is a ConfigError naming the field and its option."""
   config = cfg.Config()
-  from lensjax.sim.instrument import JWST_F115W_DEEP
-  from lensjax.sim.scenes import CROWDED_FIELD_GALAXIES
-  named = dict(image_size=args.size, pixel_scale=args.pixel_scale, noise=args.noise,
-               lens_fraction=args.lens_fraction, source_model=args.source,
-               crowd_galaxies_mean=CROWDED_FIELD_GALAXIES if args.crowded else None)
-  if args.noise == "jwst":
-    named.update(JWST_F115W_DEEP)
+  named = dict(image_size=args.size, pixel_scale=args.pixel_scale, lens_fraction=args.lens_fraction,
+               **scene_fields(args))
   config.sim = dataclasses.replace(config.sim, **{k: v for k, v in named.items() if v is not None})
   try:
     cfg.parse_overrides(config, overrides, sections=("sim",))

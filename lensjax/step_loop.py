@@ -91,6 +91,7 @@ class LoopResult:
   state: Any
   step: int                        # the last step run
   stopped: bool                    # ended early by a stop signal
+  ended_by_hook: bool = False      # ended early because `after_step` returned True (early stopping)
 
 
 def run_steps(step_fn: Callable, state: Any, batches: Iterator[dict[str, jax.Array]], base_key: jax.Array, *,
@@ -106,9 +107,10 @@ def run_steps(step_fn: Callable, state: Any, batches: Iterator[dict[str, jax.Arr
     log_every: a training log line (mean losses, IoU, images/s) every this many steps and at the last step,
       passed to `log(step, values)` and shown on `bar`.
     stop: stop signals; once every process has one, the loop ends after that step's hook.
-    after_step: called after each step (and its log line): evaluation, checkpoints, timing.
+    after_step: called after each step (and its log line): evaluation, checkpoints, timing. It returns True to
+      end the loop after that step (early stopping; every process must return the same).
   Returns:
-    The state after the last step run, that step, and whether a stop signal ended the loop.
+    The state after the last step run, that step, and whether a stop signal or the hook ended the loop.
   """
   window = TrainingWindow(targets)
 
@@ -127,11 +129,11 @@ def run_steps(step_fn: Callable, state: Any, batches: Iterator[dict[str, jax.Arr
     if step % log_every == 0 or last:
       write_log(step)
     stopping = stop is not None and stop.agreed()
-    if after_step is not None:
-      after_step(StepEvent(step, state, last, stopping, window))
-    if stopping:
+    ends = after_step is not None and bool(after_step(StepEvent(step, state, last, stopping, window)))
+    if stopping or (ends and not last):
       if not window.empty:
         write_log(step)
-      return LoopResult(state, step, True)
+      window.fetch()
+      return LoopResult(state, step, stopping, ended_by_hook=not stopping)
   window.fetch()
   return LoopResult(state, step, False)

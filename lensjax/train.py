@@ -65,6 +65,27 @@ def _last_validation(path: pathlib.Path) -> dict[str, float]:
   return {k: v for k, v in records[-1].items() if k not in ("step", "split")} if records else {}
 
 
+def evaluations_without_improvement(records: list[dict], options: cfg.CheckpointConfig) -> tuple[int, dict | None]:
+  """(validations since the best one by `options.best_metric`, that best record) over `records` (metrics.jsonl);
+  (0, None) before the first validation. A tie is no improvement: the earliest best counts."""
+  rows = [r for r in records if r.get("split") == "val" and options.best_metric in r]
+  if not rows:
+    return 0, None
+  values = [r[options.best_metric] for r in rows]
+  best = (max if options.best_mode == "max" else min)(range(len(values)), key=values.__getitem__)
+  return len(rows) - 1 - best, rows[best]
+
+
+def _early_stop_reason(config: cfg.Config, validations: list[dict]) -> str | None:
+  """Why the run stops early (`train.early_stop_evals` validations without a better best metric), or None."""
+  patience = config.train.early_stop_evals
+  stale, best = evaluations_without_improvement(validations, config.checkpoint)
+  if not patience or stale < patience:
+    return None
+  return (f"validation {config.checkpoint.best_metric} has not improved for {stale} evaluations (best "
+          f"{best[config.checkpoint.best_metric]:.4f} at step {best['step']}; train.early_stop_evals={patience})")
+
+
 def _restore_or_initialise(config: cfg.Config, mesh, target: train_step.TrainState,
                            checkpoints: checkpoint.Checkpoints, train_iter, workdir: pathlib.Path):
   """(state, base random key, step) of the newest checkpoint that restores (also repositioning `train_iter`),
@@ -122,9 +143,14 @@ def train_and_evaluate(config: cfg.Config, workdir: str | pathlib.Path, *, resta
       dropped = log.keep_until(start_step)
       if dropped:
         say(f"dropped {dropped} lines of {log.path} written after step {start_step} by the interrupted attempt")
-      if start_step >= train.num_steps:
-        say(f"the run in {workdir} is complete (step {start_step} of {train.num_steps}); nothing to do. "
-            "Pass --restart to train it again")
+      # The validation history, kept in memory by every process (the metrics are global, so all agree on when
+      # to stop early); on resume, the records up to the restored step.
+      validations = [r for r in plots.read_metrics(log.path) if r.get("split") == "val" and r["step"] <= start_step]
+      stopped_early = _early_stop_reason(config, validations) if start_step else None
+      if start_step >= train.num_steps or stopped_early:
+        say(f"the run in {workdir} is complete (step {start_step} of {train.num_steps}"
+            + (f", stopped early: {stopped_early}" if stopped_early else "")
+            + "); nothing to do. Pass --restart to train it again")
         log.close()
         return _last_validation(log.path)
 
@@ -136,21 +162,26 @@ def train_and_evaluate(config: cfg.Config, workdir: str | pathlib.Path, *, resta
         nonlocal last
         result = evaluation.evaluate_split(eval_fn, state, val_loader, mesh, config.data.targets)
         last = result.metrics
+        validations.append({"step": step, "split": "val", **last})
         log.write(step, "val", last)
         bar.report(step, last, config.data.targets)
         _refresh_figures(workdir, config, result, step)
         return result
 
-      def after_step(event: step_loop.StepEvent) -> None:
-        result = None
+      def after_step(event: step_loop.StepEvent) -> bool:
+        """Evaluates and checkpoints; returns True to stop early (the same answer on every process, since the
+        validation metrics are global)."""
+        result, stop_early = None, False
         if event.step % train.eval_every == 0 or event.last:
           result = validate_at(event.step, event.state)
           event.window.restart_clock()
+          stop_early = not event.last and _early_stop_reason(config, validations) is not None
         every = config.checkpoint.every_steps
-        if (every and event.step % every == 0) or event.last or event.stopping:
+        if (every and event.step % every == 0) or event.last or event.stopping or stop_early:
           event.window.fetch()    # checks the loss first: a state whose loss is not finite is never saved
           checkpoints.save(event.step, state=event.state, data_iterator=train_iter, rng_key=base_key, config=config,
                            metrics=result.metrics if result else None)
+        return stop_early
 
       try:
         with bar:
@@ -162,6 +193,8 @@ def train_and_evaluate(config: cfg.Config, workdir: str | pathlib.Path, *, resta
               targets=config.data.targets, log_every=train.log_every, bar=bar,
               log=lambda step, values: log.write(step, "train", values),
               frozen_state=None if frozen is None else frozen.state, stop=stop, after_step=after_step)
+          if outcome.ended_by_hook:
+            say(f"stopped early at step {outcome.step}: {_early_stop_reason(config, validations)}")
           if outcome.stopped:
             _refresh_figures(workdir, config, None, outcome.step)
             checkpoints.wait_until_finished()

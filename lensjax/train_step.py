@@ -54,13 +54,18 @@ def make_optimizer(optim: cfg.OptimConfig, num_steps: int) -> optax.GradientTran
 def make_loss_fn(config: cfg.Config, name: str | None = None) -> LossFn:
   """(outputs, batch) -> (loss, terms) for network `name` (default: the config's model), as its registry entry
   says: IS-Net and its ground-truth encoder, deep supervision over the side outputs; MSRF-Net, its four-output
-  loss against the masks and their Canny edges (`batch['mask_edge']`), weighted by `train.msrf_output_weights`."""
+  loss against the masks and their Canny edges (`batch['mask_edge']`), weighted by `train.msrf_output_weights`, or
+  with `train.msrfnet_targets='input'` against its own input (`losses.input_as_targets`, the original's mistake)."""
   network = registry.network(name or config.model.name)
   target_weights = config.train.target_weights or None
   output_weights = config.train.msrf_output_weights if network.output_weights else None
   loss = network.loss
+  targets_are_input = network.name == "msrfnet" and config.train.msrfnet_targets == "input"
+  num_targets = len(config.data.targets)
 
   def loss_fn(outputs, batch):
+    if targets_are_input:
+      batch = losses.input_as_targets(batch, num_targets)
     return loss(outputs, batch, target_weights, output_weights)
 
   return loss_fn
@@ -170,12 +175,14 @@ def inference_network(graphdef, state) -> nnx.Module:
   return model
 
 
-def eval_step_fn(graphdef, loss_fn: LossFn, panel_images: int = 0):
+def eval_step_fn(graphdef, loss_fn: LossFn, panel_images: int = 0, maps: bool = False):
   """The pure evaluation step (state, batch) -> outputs, with BatchNorm on running statistics.
 
   Outputs: the losses; `sums` (`metrics.batch_sums`, padding rows excluded); `per_image`: `iou` (B, K) at
-  the 0.5 threshold, `valid` (B,), `index` (B,) and the simulation parameters the batch carries (B,); and,
-  when `panel_images` > 0, `panel` (panel_images, H, W, K): the probabilities of the first rows.
+  the 0.5 threshold, `valid` (B,), `index` (B,) and the simulation parameters the batch carries (B,); when
+  `panel_images` > 0, `panel` (panel_images, H, W, K): the probabilities of the first rows; and with `maps`,
+  `maps`: the whole batch's `probabilities` (B, H, W, K), `mask` (B, H, W, K) and `image` (B, H, W, 1) (its
+  first channel), for metrics computed on the host over a whole split.
   """
 
   def step(state, batch):
@@ -189,14 +196,17 @@ def eval_step_fn(graphdef, loss_fn: LossFn, panel_images: int = 0):
            "per_image": per_image}
     if panel_images:
       out["panel"] = jax.nn.sigmoid(logits[:panel_images].astype(jnp.float32))
+    if maps:
+      out["maps"] = {"probabilities": jax.nn.sigmoid(logits.astype(jnp.float32)), "mask": batch["mask"],
+                     "image": batch["image"][..., :1]}
     return out
 
   return step
 
 
-def compile_eval_step(graphdef, loss_fn: LossFn, mesh, state_sharding, panel_images: int = 0):
+def compile_eval_step(graphdef, loss_fn: LossFn, mesh, state_sharding, panel_images: int = 0, maps: bool = False):
   """`eval_step_fn` under `jax.jit`: batch split on `data`, every output replicated (readable anywhere)."""
-  return jax.jit(eval_step_fn(graphdef, loss_fn, panel_images),
+  return jax.jit(eval_step_fn(graphdef, loss_fn, panel_images, maps),
                  in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
                  out_shardings=parallel.replicated(mesh))
 

@@ -37,7 +37,7 @@ def test_evaluate_the_best_checkpoint_on_the_validation_split_matches_the_traini
 
   table = out.with_suffix(".md").read_text()
   assert table in output
-  assert "| Target | Dice | mIoU | mIoU (original, per image) | Precision | Recall |" in table
+  assert "| Target | Dice | mean fg/bg IoU | per-image min-max IoU | Precision | Recall |" in table
   for target in ("lens", "arcs"):
     row = next(line for line in table.splitlines() if line.startswith(f"| {target} |"))
     assert f"{report['metrics'][f'dice/{target}']:.4f}" == row.split("|")[2].strip()
@@ -48,6 +48,36 @@ def test_evaluate_the_best_checkpoint_on_the_validation_split_matches_the_traini
     lenses = counted if lenses is None else lenses
     assert counted == lenses and counted + binned["non_lenses"]["images"] == 16
     assert all(b["low"] <= b["high"] for b in binned["bins"]) and f"IoU by" in table
+
+
+@pytest.mark.slow
+def test_the_original_protocol_puts_each_row_beside_the_originals_number_on_a_harder_set(run_dir, tmp_path,
+                                                                                      tmp_path_factory):
+  out = tmp_path / "original"
+  code, output = tiny_run.run("lensjax.evaluate", [str(run_dir), "--split", "val", "--protocol", "original",
+                                                   "--source", "irregular", "--crowded", "--noise", "jwst",
+                                                   "--out", str(out)],
+                              tiny_run.compile_cache(tmp_path_factory), tmp_path / "evaluate.log")
+  assert code == 0, output[-3000:]
+  report = json.loads(out.with_suffix(".json").read_text())
+  assert report["sim"].startswith("irregular sources, crowded field") and "poisson noise" in report["sim"]
+  rows = {row["dataset"]: row for row in report["original_protocol"]}
+  assert set(rows) == {"lens", "arcs"}
+  lenses = report["images"] - report["iou_bins"]["theta_E"]["non_lenses"]["images"]
+  assert rows["lens"]["images"] == report["images"] and rows["arcs"]["images"] == lenses
+  assert rows["lens"]["original"] == {"dice": 0.9813, "miou": 0.9859, "precision": 0.9867, "recall": 0.9913}
+  for row in rows.values():
+    for name, value in row["lensjax"].items():
+      assert row["difference"][name] == pytest.approx(value - row["original"][name])
+  # Over every image, the lens row's mIoU is the per-image min-max IoU the evaluation step computes on the
+  # devices (metrics.batch_sums): two implementations of the original's rule.
+  assert rows["lens"]["lensjax"]["miou"] == pytest.approx(report["metrics"]["orig_miou/lens"], abs=1e-5)
+  table = out.with_suffix(".md").read_text()
+  lens_row = next(line for line in table.splitlines() if line.startswith("| lenses | IS-Net | lensjax |"))
+  assert lens_row.split("|")[5].strip() == f"{rows['lens']['lensjax']['miou']:.4f}"
+  assert "| | | original | 0.9602 | 0.9547 | 0.9642 | 0.9704 |" in table.replace("|  |  |", "| | |")
+  for figure in ("_hardest.png", "_iou.png"):
+    assert out.with_name(out.name + figure).stat().st_size > 10_000
 
 
 def test_binned_iou_averages_per_image_iou_in_quantile_bins_of_the_lenses():
@@ -100,7 +130,7 @@ def test_the_table_is_printed_before_the_files_and_an_unwritable_path_is_one_err
   code, output = tiny_run.run("lensjax.evaluate", [str(run), "--split", "val", "--checkpoint", "last"],
                               tiny_run.compile_cache(tmp_path_factory), tmp_path / "evaluate.log")
   assert code == 2, output[-3000:]
-  assert "| Target | Dice | mIoU |" in output and "Traceback" not in output
+  assert "| Target | Dice | mean fg/bg IoU |" in output and "Traceback" not in output
   last = output.strip().splitlines()[-1]
   assert last.startswith(f"error: cannot write {run / f'evaluation_val_step{tiny_run.NUM_STEPS}.md'}")
   assert "the results are printed above: pass --out PATH" in last

@@ -53,3 +53,23 @@ def test_msrfnet_dice_is_per_image_with_empty_vs_empty_1_and_iou_is_global():
   empty = metrics.original_msrfnet_scores(np.zeros((2, 3, 3)), np.zeros((2, 3, 3)))
   assert empty["dice"] == 1.0 and empty["iou"] == 1.0
   assert np.isnan(empty["precision"]) and np.isnan(empty["recall"])
+
+
+def test_isnet_dice_uses_the_same_min_max_mask():
+  # Image 0: 2 predicted, 1 mask pixel, 1 shared -> 2/3; image 1 (constant, empty mask) -> 1; image 2 -> ~0.
+  assert metrics.original_isnet_dice(PROBABILITIES, MASKS) == pytest.approx((2 / 3 + 1 + 0) / 3)
+  assert metrics.original_isnet_dice(PROBABILITIES, MASKS, include=[True, False, True]) == pytest.approx(1 / 3)
+
+
+def test_a_row_of_the_table_uses_that_rows_definitions_over_the_included_images():
+  lenses = np.array([True, False, False])
+  isnet = metrics.original_row_scores("isnet", PROBABILITIES, MASKS, include=lenses)
+  assert isnet["miou"] == pytest.approx(0.5) and isnet["dice"] == pytest.approx(2 / 3)
+  curves = metrics.original_isnet_precision_recall(PROBABILITIES[:1], MASKS[:1])
+  assert (isnet["precision"], isnet["recall"]) == (curves["precision"], curves["recall"])
+  # MSRF-Net rows always count every image: global IoU 1/2, per-image Dice (2/3 + 1 + 1) / 3.
+  msrfnet = metrics.original_row_scores("msrfnet", PROBABILITIES, MASKS, include=lenses)
+  assert msrfnet["miou"] == pytest.approx(0.5) and msrfnet["dice"] == pytest.approx((2 / 3 + 1 + 1) / 3)
+  assert set(metrics.ORIGINAL_TABLE) == {(n, d) for n in ("isnet", "msrfnet") for d in ("lens", "arcs", "chaos")}
+  assert metrics.ORIGINAL_TABLE[("isnet", "lens")]["miou"] == 0.9859
+  assert metrics.ORIGINAL_TABLE[("isnet", "arcs")]["miou"] == 0.9547
