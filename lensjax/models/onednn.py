@@ -68,13 +68,15 @@ def conv_window(lhs: jax.Array, rhs: jax.Array, window_strides, padding, rhs_dil
                 dimension_numbers: jax.lax.ConvDimensionNumbers, precision) -> Window | None:
   """(strides, ((top, bottom), (left, right)) padding, dilation) for `conv`, or None where it does not apply.
 
-  It applies where the kernels are available and the convolution is float32, 2-D, NHWC/HWIO, at default
-  precision, with non-negative padding (explicit or a `lax` padding string) and a non-empty output; grouped and
-  input-dilated convolutions are the caller's to exclude.
+  It applies where the kernels are available, the process has a single device and the convolution is float32,
+  2-D, NHWC/HWIO, at default precision, with non-negative padding (explicit or a `lax` padding string) and a
+  non-empty output; grouped and input-dilated convolutions are the caller's to exclude. With several devices XLA
+  would gather a batch-sharded operand onto every device before the call (it cannot split a foreign call), so
+  data-parallel programs keep XLA's convolutions.
   """
   nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
   if (lhs.ndim != 4 or dimension_numbers != nhwc or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32
-      or precision is not None or not available()):
+      or precision is not None or jax.device_count() != 1 or not available()):
     return None
   strides = tuple(int(s) for s in window_strides)
   dilation = (1, 1) if rhs_dilation is None else tuple(int(d) for d in rhs_dilation)
