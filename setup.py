@@ -53,7 +53,7 @@ def _extensions() -> list[Extension]:
       library_dirs=[str(library.parent)],
       libraries=[":libdnnl.so.3"],
       runtime_library_dirs=runtime_library_dirs,
-      extra_compile_args=["-std=c++17", "-O2"],
+      extra_compile_args=["-std=c++17"],
       language="c++",
       optional=True,
   )]

@@ -10,6 +10,7 @@
 // activations stay NHWC. Primitives are built once per shape and kept in a process-wide cache.
 
 #include <cstdint>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -173,8 +174,8 @@ ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst
       entry.weights_reorder.execute(stream, primitive_weights, user_weights);
     }
     stream.wait();
-  } catch (const dnnl::error& error) {
-    return ffi::Error::Internal(std::string("oneDNN: ") + error.what());
+  } catch (const std::exception& error) {  // dnnl::error, or an allocation that failed
+    return ffi::Error::Internal(std::string("oneDNN convolution: ") + error.what());
   }
   return ffi::Error::Success();
 }
