@@ -67,11 +67,19 @@ struct Entry {
   dnnl::reorder weights_reorder;       // HWIO -> weights_desc (forward, backward data), or back (backward weights)
 };
 
-dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g, dnnl::primitive_attr attr) {
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g, const dnnl::primitive_attr& attr) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, g.src(),
       g.weights(dnnl::memory::format_tag::any), g.dst(), g.strides, g.dilation, g.padding_low, g.padding_high,
       attr);
+}
+
+// The descriptor of a backward convolution primitive (backward data or backward weights), hinted by the forward.
+template <typename Primitive>
+typename Primitive::primitive_desc BackwardDesc(const Geometry& g, const dnnl::primitive_attr& attr) {
+  return typename Primitive::primitive_desc(
+      Engine(), dnnl::algorithm::convolution_direct, g.src(), g.weights(dnnl::memory::format_tag::any), g.dst(),
+      g.strides, g.dilation, g.padding_low, g.padding_high, ForwardDesc(g, attr), attr);
 }
 
 Entry Build(Kind kind, const Geometry& g) {
@@ -85,18 +93,12 @@ Entry Build(Kind kind, const Geometry& g) {
     entry.weights_desc = pd.weights_desc();
     scratchpad = pd.scratchpad_desc();
   } else if (kind == Kind::kBackwardData) {
-    auto hint = ForwardDesc(g, attr);
-    auto pd = dnnl::convolution_backward_data::primitive_desc(
-        Engine(), dnnl::algorithm::convolution_direct, g.src(), g.weights(dnnl::memory::format_tag::any), g.dst(),
-        g.strides, g.dilation, g.padding_low, g.padding_high, hint, attr);
+    auto pd = BackwardDesc<dnnl::convolution_backward_data>(g, attr);
     entry.primitive = dnnl::convolution_backward_data(pd);
     entry.weights_desc = pd.weights_desc();
     scratchpad = pd.scratchpad_desc();
   } else {
-    auto hint = ForwardDesc(g, attr);
-    auto pd = dnnl::convolution_backward_weights::primitive_desc(
-        Engine(), dnnl::algorithm::convolution_direct, g.src(), g.weights(dnnl::memory::format_tag::any), g.dst(),
-        g.strides, g.dilation, g.padding_low, g.padding_high, hint, attr);
+    auto pd = BackwardDesc<dnnl::convolution_backward_weights>(g, attr);
     entry.primitive = dnnl::convolution_backward_weights(pd);
     entry.weights_desc = pd.diff_weights_desc();
     scratchpad = pd.scratchpad_desc();
