@@ -9,11 +9,14 @@
 // from the result buffer. Weights go through oneDNN's preferred (blocked) layout when the primitive asks for one;
 // activations stay NHWC. Primitives are built once per shape and kept in a process-wide cache.
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -84,7 +87,7 @@ typename Primitive::primitive_desc BackwardDesc(const Geometry& g, const dnnl::p
 
 Entry Build(Kind kind, const Geometry& g) {
   dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // per call, so concurrent calls never share one
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // per thread: concurrent calls never share one
   Entry entry;
   dnnl::memory::desc scratchpad;
   if (kind == Kind::kForward) {
@@ -144,6 +147,27 @@ ffi::Error MakeGeometry(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t
   return ffi::Error::Success();
 }
 
+// A buffer of each calling thread that only grows (the scratchpad, the reordered weights): later calls reuse its
+// pages instead of mapping and zero-filling fresh ones. 64-byte aligned, as oneDNN prefers.
+class ThreadBuffer {
+ public:
+  void* Get(size_t bytes) {
+    if (bytes > size_ || data_ == nullptr) {
+      size_ = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+      data_.reset(static_cast<char*>(std::aligned_alloc(64, size_)));
+      if (data_ == nullptr) throw std::bad_alloc();
+    }
+    return data_.get();
+  }
+
+ private:
+  struct Free {
+    void operator()(char* pointer) const { std::free(pointer); }
+  };
+  std::unique_ptr<char, Free> data_;
+  size_t size_ = 0;
+};
+
 // Runs the cached primitive: `weights` is the caller's HWIO kernel (read, or written for backward weights).
 ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst) {
   try {
@@ -152,12 +176,14 @@ ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst
     dnnl::stream stream(engine);
     dnnl::memory src_memory(g.src(), engine, src), dst_memory(g.dst(), engine, dst);
     dnnl::memory user_weights(g.weights(), engine, weights);
-    dnnl::memory primitive_weights = entry.weights_reordered ? dnnl::memory(entry.weights_desc, engine)
-                                                             : user_weights;
-    std::unique_ptr<char[]> scratch(new char[entry.scratchpad_bytes > 0 ? entry.scratchpad_bytes : 1]);
+    thread_local ThreadBuffer weights_buffer, scratch_buffer;
+    dnnl::memory primitive_weights =
+        entry.weights_reordered
+            ? dnnl::memory(entry.weights_desc, engine, weights_buffer.Get(entry.weights_desc.get_size()))
+            : user_weights;
     dnnl::memory scratchpad({{static_cast<int64_t>(entry.scratchpad_bytes)}, dnnl::memory::data_type::u8,
                              dnnl::memory::format_tag::x},
-                            engine, scratch.get());
+                            engine, scratch_buffer.Get(entry.scratchpad_bytes));
     if (kind != Kind::kBackwardWeights && entry.weights_reordered) {
       entry.weights_reorder.execute(stream, user_weights, primitive_weights);
     }
