@@ -33,19 +33,21 @@ def _load() -> tuple[bool, str]:
   if os.environ.get(ENV_SWITCH, "1") == "0":
     loaded, status = False, f"switched off by {ENV_SWITCH}=0"
   elif (spec := importlib.util.find_spec(EXTENSION)) is None or spec.origin is None:
-    loaded, status = False, f"{EXTENSION} is not built (`pip install -e .` builds it next to oneDNN's headers)"
+    loaded, status = False, (f"{EXTENSION} is not built (`pip install -e .` builds it on Linux x86-64 with a C++17 "
+                              "compiler)")
   else:
     try:
       library = ctypes.CDLL(spec.origin)
-    except OSError as error:
+      threads = library.lensjax_onednn_threads()
+      handlers = {name: jax.ffi.pycapsule(getattr(library, name)) for name in _TARGETS.values()}
+    except (OSError, AttributeError) as error:     # not loadable (no libdnnl.so.3), or a stale build
       loaded, status = False, f"{spec.origin} does not load: {error}"
     else:
-      threads = library.lensjax_onednn_threads()
       if threads < 0:
         loaded, status = False, "oneDNN found no CPU engine"
       else:
-        for name in _TARGETS.values():
-          jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
+        for name, handler in handlers.items():
+          jax.ffi.register_ffi_target(name, handler, platform="cpu")
         loaded, status = True, f"{spec.origin}, oneDNN on {threads} OpenMP threads"
   logger.debug("oneDNN convolutions: %s%s", "" if loaded else "not used, XLA's instead: ", status)
   return loaded, status
