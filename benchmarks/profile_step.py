@@ -5,6 +5,7 @@
   python -m benchmarks.profile_step --config msrfnet_sim:lens --batch-size 4 --config.model.width=0.5
   python -m benchmarks.profile_step --infer                          # the eval-mode forward instead
   python -m benchmarks.profile_step --plain                          # without lensjax's CPU fast paths
+  python -m benchmarks.profile_step --compare-plain --no-onednn      # the fast paths with XLA's convolutions
 
 It compiles the real training step (`lensjax.train_step.compile_train_step`) on a random batch with the shapes
 of the config's batches, runs `--warmup` steps, then `--steps` steps under `jax.profiler.trace`, and reads the
@@ -15,7 +16,8 @@ what it is:
   names the forward of a differentiated function, else `other` (the optax update, metrics, the eval forward,
   and instructions XLA made without metadata, such as its rewrite of the max-pool gradient);
 - kind: `conv` (forward), `conv dX` (input gradient), `conv dW` (weight gradient: a backward conv whose window
-  is larger than its result, a whole feature map), `dot`, `select-and-scatter`
+  is larger than its result, a whole feature map), `oneDNN conv`, `oneDNN conv dX`, `oneDNN conv dW` (the custom
+  calls of `lensjax.models.onednn`), `dot`, `select-and-scatter`
   (max-pool gradient), `reduce-window`, `fusion:<ops in it>` for fusions, else the opcode.
 Prints the time per (direction, kind) and the `--top` instructions, and writes JSON (`--out`). With
 `--compare-plain` it also compiles the same program with lensjax's CPU fast paths turned off and times the two
@@ -44,6 +46,10 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*(?P<shape
 _OP_NAME = re.compile(r'op_name="(?P<op_name>[^"]*)"')
 _WINDOW = re.compile(r"window=\{size=(?P<size>[0-9x]+)")
 _CALLS = re.compile(r"calls=%?(?P<callee>[\w.\-]+)")
+_TARGET = re.compile(r'custom_call_target="(?P<target>[^"]*)"')
+# The kinds of lensjax's oneDNN convolutions (`lensjax.models.onednn`), custom calls in the HLO.
+_ONEDNN_KINDS = {"lensjax_onednn_conv_forward": "oneDNN conv", "lensjax_onednn_conv_backward_data": "oneDNN conv dX",
+                 "lensjax_onednn_conv_backward_weights": "oneDNN conv dW"}
 _COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?(?P<name>[\w.\-]+)\s.*\{\s*$")
 _INTERESTING_FUSED = ("convolution", "dot", "reduce-window", "select-and-scatter", "reduce", "scatter", "gather",
                       "transpose", "concatenate", "pad")
@@ -66,10 +72,12 @@ def parse_hlo(text: str) -> dict[str, dict[str, Any]]:
     op_name = _OP_NAME.search(line)
     window = _WINDOW.search(line)
     callee = _CALLS.search(line)
+    target = _TARGET.search(line)
     instructions[match["name"]] = {
         "opcode": match["opcode"], "shape": match["shape"].split("{")[0],
         "op_name": op_name["op_name"] if op_name else "",
-        "window": _area(window["size"]) if window else None, "callee": callee["callee"] if callee else None}
+        "window": _area(window["size"]) if window else None, "callee": callee["callee"] if callee else None,
+        "target": target["target"] if target else None}
     if current is not None:
       computations[current].append(match["name"])
   for info in instructions.values():
@@ -102,7 +110,10 @@ def classify(info: dict[str, Any]) -> tuple[str, str]:
     direction = "other"
   opcode = info["opcode"]
   fused = info.get("fused", [])
-  if opcode == "convolution" or "convolution" in fused:
+  if info.get("target") in _ONEDNN_KINDS:
+    kind = _ONEDNN_KINDS[info["target"]]
+    direction = "backward" if kind != "oneDNN conv" else direction
+  elif opcode == "convolution" or "convolution" in fused:
     if direction != "backward":
       kind = "conv"
     else:
@@ -145,6 +156,8 @@ def parse_args(argv: list[str]):
   parser.add_argument("--compare-plain", action="store_true",
                       help="also time the program traced without lensjax's CPU fast paths "
                            "(`lensjax.models.layers.cpu_fast_paths(False)`), alternating with the fast one")
+  parser.add_argument("--no-onednn", action="store_true",
+                      help="keep XLA's convolutions where oneDNN's would run (`cpu_fast_paths(..., onednn=False)`)")
   parser.add_argument("--out", default=None, help="JSON path (default runs/benchmarks/profile_step-*.json)")
   args, config = cli.parse_with_config(parser, argv)
   if args.steps < 1 or args.warmup < 1:
@@ -187,8 +200,9 @@ def compare(run_plain, run_fast, calls: int, warmup: int) -> dict[str, float]:
 def main(argv: list[str]) -> int:
   import jax
   args, config = parse_args(argv)
+  from benchmarks import vs_torch
   from lensjax.models import layers
-  with layers.cpu_fast_paths(not args.plain):
+  with layers.cpu_fast_paths(not args.plain, onednn=not args.no_onednn):
     compiled, run = compiled_call(config, args.image_size, args.infer)
   instructions = parse_hlo(compiled.as_text())
   comparison = None
@@ -233,7 +247,8 @@ def main(argv: list[str]) -> int:
   record = {"schema": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": ["python", "-m", "benchmarks.profile_step", *argv], "config_name": config.name,
             "program": "infer" if args.infer else "train",
-            "cpu_fast_paths": not args.plain, "wall_s_per_step": wall, "op_s_per_step": op_total,
+            "cpu_fast_paths": not args.plain, "onednn": vs_torch.onednn_status(args.plain or args.no_onednn),
+            "wall_s_per_step": wall, "op_s_per_step": op_total,
             "by_kind": [{"direction": d, "kind": k, "seconds_per_step": s} for (d, k), s in by_kind.items()],
             "compare_plain": comparison, "ops": ops}
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

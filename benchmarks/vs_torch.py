@@ -3,6 +3,7 @@
   python -m benchmarks.vs_torch                                   # everything: about 6-8 minutes on 2 cores
   python -m benchmarks.vs_torch --parts isnet --repeats 5         # a quick look: IS-Net only, about 1.5 minutes
   python -m benchmarks.vs_torch --plain                           # lensjax without its CPU fast paths (the 'before')
+  python -m benchmarks.vs_torch --no-onednn                       # the fast paths, with XLA's convolutions
 
 Parts (`--parts`, default all three):
   isnet          IS-Net 1 -> 1 at the original's shape: 128 px, batch 8, full width (44.0 M parameters); training
@@ -87,6 +88,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--batch-size", type=int, default=None, help="override every part's batch")
   parser.add_argument("--plain", action="store_true",
                       help="trace lensjax without its CPU fast paths (`lensjax.models.layers.cpu_fast_paths`)")
+  parser.add_argument("--no-onednn", action="store_true",
+                      help="keep XLA's convolutions where oneDNN's would run (`cpu_fast_paths(..., onednn=False)`)")
   parser.add_argument("--out", default=None, help="record path (default runs/benchmarks/vs_torch-*.json)")
   args = parser.parse_args(argv)
   args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -330,6 +333,13 @@ def cpu_flags() -> list[str]:
   return []
 
 
+def onednn_status(switched_off: bool) -> str:
+  """What a record says of lensjax's oneDNN convolutions: off, or where they load from and on how many threads,
+  or why XLA's convolutions run instead (`lensjax.models.onednn.status`)."""
+  from lensjax.models import onednn
+  return "off (--plain or --no-onednn)" if switched_off else onednn.status()
+
+
 def git_commit(checkout: pathlib.Path) -> str:
   """The commit of the checkout lensjax was imported from, "+modified" when tracked files differ from it."""
   try:
@@ -357,7 +367,7 @@ def main(argv: list[str]) -> int:
   print("| part, phase | PyTorch median (p10-p90) | lensjax median (p10-p90) | speed-up |\n|---|---|---|---|")
   table = parts_table(args.width, args.image_size, args.batch_size)
   rows = []
-  with layers.cpu_fast_paths(not args.plain):
+  with layers.cpu_fast_paths(not args.plain, onednn=not args.no_onednn):
     for name in args.parts:
       rows += measure_part(table[name], args.phases, args, probes)
   load = os.getloadavg()
@@ -366,6 +376,7 @@ def main(argv: list[str]) -> int:
   versions["torch"] = torch.__version__
   versions["lensjax_path"] = str(lensjax_dir)
   versions["cpu_fast_paths"] = not args.plain
+  versions["onednn"] = onednn_status(args.plain or args.no_onednn)
   versions["lensjax_commit"] = git_commit(lensjax_dir)
   record = {
       "schema": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -6,10 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 
-from lensjax.models import build
 from lensjax.models.layers import conv_general_dilated, cpu_fast_paths, max_pool_ceil
+from tests.helpers.networks import ISNET, MSRFNET, gradient_pairs, tiny_network_loss
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -54,36 +53,23 @@ def test_convolution_with_the_chunked_kernel_gradient_matches_the_plain_one(stri
 
   plain_out, (plain_dx, plain_dw) = jax.jit(lambda x, w: _value_and_grads(conv(jax.lax.conv_general_dilated), x, w))(
       x, kernel)
-  fast_out, (fast_dx, fast_dw) = jax.jit(lambda x, w: _value_and_grads(conv(conv_general_dilated), x, w))(x, kernel)
+  with cpu_fast_paths(True, onednn=False):
+    fast_out, (fast_dx, fast_dw) = jax.jit(lambda x, w: _value_and_grads(conv(conv_general_dilated), x, w))(x, kernel)
   np.testing.assert_array_equal(fast_out, plain_out)
   np.testing.assert_array_equal(fast_dx, plain_dx)
   # The same products summed in another order: float32 rounding of sums over 4 x 64 x 64 pixels.
   np.testing.assert_allclose(fast_dw, plain_dw, rtol=2e-5, atol=2e-5 * float(jnp.abs(plain_dw).max()))
 
 
-@pytest.mark.parametrize("name, options, inputs", [
-    ("isnet", {"width": 0.125, "depth": 3}, ("image",)),
-    pytest.param("msrfnet", {"width": 0.125}, ("image", "edge"), marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize("name, options, inputs", [ISNET, pytest.param(*MSRFNET, marks=pytest.mark.slow)])
 def test_a_network_trains_the_same_with_and_without_the_fast_paths(name, options, inputs):
-  model = build(name, in_channels=1, out_channels=2, seed=0, **options)
-  graphdef, state = nnx.split(model)
-  rng = np.random.default_rng(2)
-  batch = {"image": rng.standard_normal((2, 24, 24, 1)).astype(np.float32),
-           "edge": (rng.random((2, 24, 24, 1)) < 0.1).astype(np.float32)}
-
-  def loss_and_grads(state):
-    def loss(state):
-      outputs = nnx.merge(graphdef, state)(*(batch[k] for k in inputs), rngs=nnx.Rngs(dropout=0))
-      logits = outputs[0] if name == "msrfnet" else outputs[0][0]
-      return jnp.mean(jnp.square(logits - 0.5))
-    return jax.value_and_grad(loss)(state)
-
+  # The oneDNN convolutions stay out: tests/test_onednn_conv.py compares them.
+  loss, state = tiny_network_loss(name, options, inputs)
   with cpu_fast_paths(False):
-    plain_loss, plain_grads = jax.jit(lambda s: loss_and_grads(s))(state)
-  fast_loss, fast_grads = jax.jit(lambda s: loss_and_grads(s))(state)
+    plain_loss, plain_grads = jax.jit(jax.value_and_grad(loss))(state)
+  with cpu_fast_paths(True, onednn=False):
+    fast_loss, fast_grads = jax.jit(jax.value_and_grad(loss))(state)
   np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-6)
-  for (path, plain), (_, fast) in zip(jax.tree_util.tree_leaves_with_path(plain_grads),
-                                      jax.tree_util.tree_leaves_with_path(fast_grads), strict=True):
+  for path, plain, fast in gradient_pairs(plain_grads, fast_grads):
     scale = float(jnp.abs(plain).max()) + 1e-12
-    np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-5 * scale, err_msg=path)

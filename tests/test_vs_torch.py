@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from benchmarks import torch_models, vs_torch
-from lensjax.models import build, count_parameters
+from lensjax.models import build, count_parameters, onednn
 
 
 def _torch_parameters(model) -> int:
@@ -42,6 +42,7 @@ def test_a_tiny_run_writes_a_record_with_both_frameworks_per_phase(tmp_path, cap
   record = json.loads(out.read_text())
   assert record["schema"] == vs_torch.SCHEMA
   assert record["threads"]["torch"] == record["threads"]["jax"] >= 1
+  assert record["versions"]["onednn"] == onednn.status()        # where lensjax's oneDNN convs load from, or why not
   assert record["matmul_probe"]["lensjax_flops_per_s"] > 0 and record["matmul_probe"]["torch_flops_per_s"] > 0
   assert [(row["part"], row["phase"]) for row in record["rows"]] == [("isnet_default", "train"),
                                                                     ("isnet_default", "infer")]

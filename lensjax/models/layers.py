@@ -10,24 +10,27 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lensjax.models import onednn
 
-_FAST_PATHS = {"enabled": True}
+
+_FAST_PATHS = {"enabled": True, "onednn": True}
 
 
 @contextlib.contextmanager
-def cpu_fast_paths(enabled: bool):
+def cpu_fast_paths(enabled: bool, *, onednn: bool = True):
   """Turns the CPU fast paths of this module on or off for the code traced inside the block.
 
   They are on by default and only ever taken on the CPU backend (checked when a function is traced). Off, every
   layer is the plain JAX formulation: for tests of equivalence and for A/B timings
-  (`python -m benchmarks.profile_step --compare-plain`).
+  (`python -m benchmarks.profile_step --compare-plain`). `onednn=False` leaves the other fast paths on but keeps
+  XLA's convolutions (with the chunked kernel gradient) where the oneDNN kernels would run.
   """
-  previous = _FAST_PATHS["enabled"]
-  _FAST_PATHS["enabled"] = enabled
+  previous = dict(_FAST_PATHS)
+  _FAST_PATHS.update(enabled=enabled, onednn=onednn)
   try:
     yield
   finally:
-    _FAST_PATHS["enabled"] = previous
+    _FAST_PATHS.update(previous)
 
 
 def _fast_paths_enabled() -> bool:
@@ -118,13 +121,15 @@ _max_pool_ceil.defvjp(_max_pool_forward, _max_pool_backward)
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1, precision=None,
                          out_sharding=None, **kwargs) -> jax.Array:
-  """`jax.lax.conv_general_dilated`, with the weight gradient computed in batch chunks on CPU.
+  """`jax.lax.conv_general_dilated`, on CPU through oneDNN or with the weight gradient computed in batch chunks.
 
-  The same forward and input gradient; the kernel gradient is the sum over batch chunks (`weight_gradient_chunk`
-  images each, about `WEIGHT_GRADIENT_CHUNK_ROWS` output pixels) of the chunks' kernel gradients: the same terms
-  summed in another order. XLA's CPU backend contracts the whole batch and image in one kernel-gradient
-  convolution whose output is only kh x kw x in x out, slowly (2-4x slower than the forward at 64 x 64 maps);
-  chunks run 1.3-2x faster where in x out >= 1,024 channels, and slower for narrower layers, which stay whole
+  On CPU a float32 NHWC convolution runs its forward pass, input gradient and kernel gradient as oneDNN kernels
+  where the extension is built (`lensjax.models.onednn`, docs/cpu-speed.md). Otherwise it gets the same forward
+  and input gradient, and the kernel gradient is the sum over batch chunks (`weight_gradient_chunk` images each,
+  about `WEIGHT_GRADIENT_CHUNK_ROWS` output pixels) of the chunks' kernel gradients: the same terms summed in
+  another order. XLA's CPU backend contracts the whole batch and image in one kernel-gradient convolution whose
+  output is only kh x kw x in x out, slowly (2-4x slower than the forward at 64 x 64 maps); chunks run 1.3-2x
+  faster where in x out >= 1,024 channels, and slower for narrower layers, which stay whole
   (docs/performance.md). Other backends, grouped or input-dilated convolutions and batches that do not split
   get plain `lax.conv_general_dilated`. A drop-in for `nnx.Conv(conv_general_dilated=...)`.
   """
@@ -138,6 +143,11 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
   if (not _fast_paths_enabled() or feature_group_count != 1 or kwargs or out_sharding is not None
       or (lhs_dilation is not None and any(d != 1 for d in lhs_dilation))):
     return plain(lhs, rhs)
+  window = None
+  if _FAST_PATHS["onednn"] and not _sharded_by_type(lhs):
+    window = onednn.conv_window(lhs, rhs, window_strides, padding, rhs_dilation, numbers, precision)
+  if window is not None:
+    return onednn.conv(lhs, rhs, *window)
   chunk = weight_gradient_chunk(lhs.shape[numbers.lhs_spec[0]],
                                 [lhs.shape[d] // s for d, s in zip(numbers.lhs_spec[2:], window_strides)],
                                 rhs.shape[numbers.rhs_spec[1]], rhs.shape[numbers.rhs_spec[0]])

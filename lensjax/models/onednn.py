@@ -1,0 +1,129 @@
+"""Native oneDNN convolutions on CPU through `jax.ffi` (docs/cpu-speed.md, "oneDNN convolutions").
+
+`conv` is `jax.lax.conv_general_dilated` for float32 NHWC inputs and HWIO kernels whose forward pass, input
+gradient and kernel gradient are each one call into oneDNN: the handlers of `lensjax/models/onednn_conv.cc`, which
+`pip install -e .` builds as the optional extension `lensjax.models._onednn_conv`. `conv_window` says whether a
+convolution can take this path; `lensjax.models.layers.conv_general_dilated` asks it only on the CPU backend.
+Where the extension is not built, does not load or is switched off (`LENSJAX_ONEDNN=0`), `available()` is False
+and the networks keep XLA's convolutions; the reason is logged once at debug level.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ENV_SWITCH = "LENSJAX_ONEDNN"          # "0": keep XLA's convolutions even where the extension is built
+EXTENSION = "lensjax.models._onednn_conv"
+_TARGETS = {kind: f"lensjax_onednn_conv_{kind}" for kind in ("forward", "backward_data", "backward_weights")}
+
+logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _load() -> tuple[bool, str]:
+  """Loads the extension and registers its FFI targets, once per process: (loaded, what or why not)."""
+  if os.environ.get(ENV_SWITCH, "1") == "0":
+    loaded, status = False, f"switched off by {ENV_SWITCH}=0"
+  elif (spec := importlib.util.find_spec(EXTENSION)) is None or spec.origin is None:
+    loaded, status = False, (f"{EXTENSION} is not built (`pip install -e .` builds it on Linux x86-64 with a C++17 "
+                              "compiler)")
+  else:
+    try:
+      library = ctypes.CDLL(spec.origin)
+      threads = library.lensjax_onednn_threads()
+      handlers = {name: jax.ffi.pycapsule(getattr(library, name)) for name in _TARGETS.values()}
+    except (OSError, AttributeError) as error:     # not loadable (no libdnnl.so.3), or a stale build
+      loaded, status = False, f"{spec.origin} does not load: {error}"
+    else:
+      if threads < 0:
+        loaded, status = False, "oneDNN found no CPU engine"
+      else:
+        for name, handler in handlers.items():
+          jax.ffi.register_ffi_target(name, handler, platform="cpu")
+        loaded, status = True, f"{spec.origin}, oneDNN on {threads} OpenMP threads"
+  logger.debug("oneDNN convolutions: %s%s", "" if loaded else "not used, XLA's instead: ", status)
+  return loaded, status
+
+
+def available() -> bool:
+  """Whether the oneDNN kernels are built, loaded and switched on in this process."""
+  return _load()[0]
+
+
+def status() -> str:
+  """Where the loaded extension is and how many threads oneDNN uses, or why XLA's convolutions are used."""
+  return _load()[1]
+
+
+Window = tuple[tuple[int, int], tuple[tuple[int, int], tuple[int, int]], tuple[int, int]]
+
+
+def conv_window(lhs: jax.Array, rhs: jax.Array, window_strides, padding, rhs_dilation,
+                dimension_numbers: jax.lax.ConvDimensionNumbers, precision) -> Window | None:
+  """(strides, ((top, bottom), (left, right)) padding, dilation) for `conv`, or None where it does not apply.
+
+  It applies where the kernels are available, the process has a single device and the convolution is float32,
+  2-D, NHWC/HWIO, at default precision, with non-negative padding (explicit or a `lax` padding string) and a
+  non-empty output; grouped and input-dilated convolutions are the caller's to exclude. With several devices XLA
+  would gather a batch-sharded operand onto every device before the call (it cannot split a foreign call), so
+  data-parallel programs keep XLA's convolutions.
+  """
+  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+  if (lhs.ndim != 4 or dimension_numbers != nhwc or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32
+      or precision is not None or jax.device_count() != 1 or not available()):
+    return None
+  strides = tuple(int(s) for s in window_strides)
+  dilation = (1, 1) if rhs_dilation is None else tuple(int(d) for d in rhs_dilation)
+  extent = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dilation)]
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], extent, strides, padding)
+  padding = tuple((int(low), int(high)) for low, high in padding)
+  if any(low < 0 or high < 0 for low, high in padding) or 0 in lhs.shape or 0 in rhs.shape:
+    return None
+  if any(size + low + high < k for size, (low, high), k in zip(lhs.shape[1:3], padding, extent)):
+    return None
+  return strides, padding, dilation
+
+
+def _output_shape(x_shape, kernel_shape, strides, padding, dilation) -> tuple[int, int, int, int]:
+  spatial = [(size + low + high - (k - 1) * d - 1) // s + 1
+             for size, k, s, (low, high), d in zip(x_shape[1:3], kernel_shape[:2], strides, padding, dilation)]
+  return (x_shape[0], *spatial, kernel_shape[3])
+
+
+def _ffi(kind: str, shape, a: jax.Array, b: jax.Array, strides, padding, dilation) -> jax.Array:
+  """One oneDNN handler: `kind`'s float32 result of `shape` from operands a, b (see onednn_conv.cc)."""
+  # vmap runs the handler once per mapped element: its operands are exactly 4-D.
+  call = jax.ffi.ffi_call(_TARGETS[kind], jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="sequential")
+  return call(a, b, strides=np.asarray(strides, np.int64), dilation=np.asarray(dilation, np.int64),
+              padding_low=np.asarray([low for low, _ in padding], np.int64),
+              padding_high=np.asarray([high for _, high in padding], np.int64))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv(x: jax.Array, kernel: jax.Array, strides, padding, dilation) -> jax.Array:
+  """(N, H, W, I) float32 x (KH, KW, I, O) kernel -> (N, OH, OW, O), with the arguments `conv_window` returns."""
+  return _ffi("forward", _output_shape(x.shape, kernel.shape, strides, padding, dilation), x, kernel, strides,
+              padding, dilation)
+
+
+def _conv_forward(x, kernel, strides, padding, dilation):
+  return conv(x, kernel, strides, padding, dilation), (x, kernel)
+
+
+def _conv_backward(strides, padding, dilation, residuals, grad):
+  x, kernel = residuals
+  grad_x = _ffi("backward_data", x.shape, grad, kernel, strides, padding, dilation)
+  grad_kernel = _ffi("backward_weights", kernel.shape, x, grad, strides, padding, dilation)
+  return grad_x, grad_kernel
+
+
+conv.defvjp(_conv_forward, _conv_backward)

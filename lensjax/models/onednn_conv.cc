@@ -1,0 +1,276 @@
+// oneDNN 2-D convolutions for JAX on CPU, as XLA FFI handlers (docs/cpu-speed.md, "oneDNN convolutions").
+//
+// Three handlers, all float32 with plain row-major buffers at the boundary:
+//   lensjax_onednn_conv_forward          x (N, H, W, I), w (KH, KW, I, O)    -> y  (N, OH, OW, O)
+//   lensjax_onednn_conv_backward_data    dy (N, OH, OW, O), w (KH, KW, I, O) -> dx (N, H, W, I)
+//   lensjax_onednn_conv_backward_weights x (N, H, W, I), dy (N, OH, OW, O)  -> dw (KH, KW, I, O)
+// Attributes (int64 pairs, height then width): `strides`, `dilation` (1 = none, as in lax), `padding_low` and
+// `padding_high` (zeros added before and after each spatial axis, >= 0). The shapes not given by the operands come
+// from the result buffer. Weights go through oneDNN's preferred (blocked) layout when the primitive asks for one;
+// activations stay NHWC. Primitives are built once per shape and kept in a process-wide cache.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+enum class Kind { kForward, kBackwardData, kBackwardWeights };
+
+// Everything that determines a primitive: the kind, NHWC input dims, HWIO kernel dims, output spatial dims and
+// the window attributes.
+using Key = std::tuple<int, std::vector<int64_t>>;
+
+struct Geometry {
+  int64_t n, h, w, in, out, kh, kw, oh, ow;
+  dnnl::memory::dims strides, dilation, padding_low, padding_high;  // oneDNN: dilation 0 = none
+
+  dnnl::memory::desc src(dnnl::memory::format_tag tag = dnnl::memory::format_tag::nhwc) const {
+    return {{n, in, h, w}, dnnl::memory::data_type::f32, tag};
+  }
+  dnnl::memory::desc dst(dnnl::memory::format_tag tag = dnnl::memory::format_tag::nhwc) const {
+    return {{n, out, oh, ow}, dnnl::memory::data_type::f32, tag};
+  }
+  dnnl::memory::desc weights(dnnl::memory::format_tag tag = dnnl::memory::format_tag::hwio) const {
+    return {{out, in, kh, kw}, dnnl::memory::data_type::f32, tag};
+  }
+  std::vector<int64_t> key() const {
+    std::vector<int64_t> k{n, h, w, in, out, kh, kw, oh, ow};
+    for (const auto* v : {&strides, &dilation, &padding_low, &padding_high}) k.insert(k.end(), v->begin(), v->end());
+    return k;
+  }
+};
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// A primitive with its descriptor, and the reorders between the caller's HWIO kernel and the layout the
+// primitive chose (absent when it chose HWIO itself).
+struct Entry {
+  dnnl::primitive primitive;
+  dnnl::memory::desc weights_desc;     // the layout the primitive reads or writes its (diff) weights in
+  size_t scratchpad_bytes = 0;
+  bool weights_reordered = false;
+  dnnl::reorder weights_reorder;       // HWIO -> weights_desc (forward, backward data), or back (backward weights)
+};
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g, const dnnl::primitive_attr& attr) {
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, g.src(),
+      g.weights(dnnl::memory::format_tag::any), g.dst(), g.strides, g.dilation, g.padding_low, g.padding_high,
+      attr);
+}
+
+// The descriptor of a backward convolution primitive (backward data or backward weights), hinted by the forward.
+template <typename Primitive>
+typename Primitive::primitive_desc BackwardDesc(const Geometry& g, const dnnl::primitive_attr& attr) {
+  return typename Primitive::primitive_desc(
+      Engine(), dnnl::algorithm::convolution_direct, g.src(), g.weights(dnnl::memory::format_tag::any), g.dst(),
+      g.strides, g.dilation, g.padding_low, g.padding_high, ForwardDesc(g, attr), attr);
+}
+
+Entry Build(Kind kind, const Geometry& g) {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // per thread: concurrent calls never share one
+  Entry entry;
+  dnnl::memory::desc scratchpad;
+  if (kind == Kind::kForward) {
+    auto pd = ForwardDesc(g, attr);
+    entry.primitive = dnnl::convolution_forward(pd);
+    entry.weights_desc = pd.weights_desc();
+    scratchpad = pd.scratchpad_desc();
+  } else if (kind == Kind::kBackwardData) {
+    auto pd = BackwardDesc<dnnl::convolution_backward_data>(g, attr);
+    entry.primitive = dnnl::convolution_backward_data(pd);
+    entry.weights_desc = pd.weights_desc();
+    scratchpad = pd.scratchpad_desc();
+  } else {
+    auto pd = BackwardDesc<dnnl::convolution_backward_weights>(g, attr);
+    entry.primitive = dnnl::convolution_backward_weights(pd);
+    entry.weights_desc = pd.diff_weights_desc();
+    scratchpad = pd.scratchpad_desc();
+  }
+  entry.scratchpad_bytes = scratchpad.get_size();
+  entry.weights_reordered = entry.weights_desc != g.weights();
+  if (entry.weights_reordered) {
+    entry.weights_reorder = kind == Kind::kBackwardWeights
+                                ? dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), entry.weights_desc,
+                                                                              Engine(), g.weights()))
+                                : dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), g.weights(), Engine(),
+                                                                              entry.weights_desc));
+  }
+  return entry;
+}
+
+// Primitives are immutable once built and safe to execute from several threads at once; the mutex guards only
+// the map. Entries are never removed: a network has a few dozen conv shapes.
+const Entry& Lookup(Kind kind, const Geometry& g) {
+  static std::mutex mutex;
+  static std::map<Key, std::unique_ptr<Entry>> cache;
+  Key key{static_cast<int>(kind), g.key()};
+  std::lock_guard<std::mutex> lock(mutex);
+  auto found = cache.find(key);
+  if (found == cache.end()) found = cache.emplace(key, std::make_unique<Entry>(Build(kind, g))).first;
+  return *found->second;
+}
+
+ffi::Error MakeGeometry(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> w_dims,
+                        ffi::Span<const int64_t> y_dims, ffi::Span<const int64_t> strides,
+                        ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> padding_low,
+                        ffi::Span<const int64_t> padding_high, Geometry* g) {
+  if (x_dims.size() != 4 || w_dims.size() != 4 || y_dims.size() != 4 || strides.size() != 2 ||
+      dilation.size() != 2 || padding_low.size() != 2 || padding_high.size() != 2) {
+    return ffi::Error::InvalidArgument("onednn conv: expected NHWC/HWIO operands and 2 spatial attributes");
+  }
+  *g = Geometry{x_dims[0], x_dims[1], x_dims[2], x_dims[3], w_dims[3], w_dims[0], w_dims[1], y_dims[1], y_dims[2],
+                {strides[0], strides[1]}, {dilation[0] - 1, dilation[1] - 1},
+                {padding_low[0], padding_low[1]}, {padding_high[0], padding_high[1]}};
+  if (w_dims[2] != g->in || y_dims[0] != g->n || y_dims[3] != g->out) {
+    return ffi::Error::InvalidArgument("onednn conv: operand shapes do not agree");
+  }
+  return ffi::Error::Success();
+}
+
+// A buffer of each calling thread that only grows (the scratchpad, the reordered weights): later calls reuse its
+// pages instead of mapping and zero-filling fresh ones. 64-byte aligned, as oneDNN prefers.
+class ThreadBuffer {
+ public:
+  void* Get(size_t bytes) {
+    if (bytes > size_ || data_ == nullptr) {
+      size_ = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+      data_.reset(static_cast<char*>(std::aligned_alloc(64, size_)));
+      if (data_ == nullptr) throw std::bad_alloc();
+    }
+    return data_.get();
+  }
+
+ private:
+  struct Free {
+    void operator()(char* pointer) const { std::free(pointer); }
+  };
+  std::unique_ptr<char, Free> data_;
+  size_t size_ = 0;
+};
+
+// Runs the cached primitive: `weights` is the caller's HWIO kernel (read, or written for backward weights).
+ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst) {
+  try {
+    const Entry& entry = Lookup(kind, g);
+    dnnl::engine& engine = Engine();
+    dnnl::stream stream(engine);
+    dnnl::memory src_memory(g.src(), engine, src), dst_memory(g.dst(), engine, dst);
+    dnnl::memory user_weights(g.weights(), engine, weights);
+    thread_local ThreadBuffer weights_buffer, scratch_buffer;
+    dnnl::memory primitive_weights =
+        entry.weights_reordered
+            ? dnnl::memory(entry.weights_desc, engine, weights_buffer.Get(entry.weights_desc.get_size()))
+            : user_weights;
+    dnnl::memory scratchpad({{static_cast<int64_t>(entry.scratchpad_bytes)}, dnnl::memory::data_type::u8,
+                             dnnl::memory::format_tag::x},
+                            engine, scratch_buffer.Get(entry.scratchpad_bytes));
+    if (kind != Kind::kBackwardWeights && entry.weights_reordered) {
+      entry.weights_reorder.execute(stream, user_weights, primitive_weights);
+    }
+    std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SCRATCHPAD, scratchpad}};
+    if (kind == Kind::kForward) {
+      args.insert({{DNNL_ARG_SRC, src_memory}, {DNNL_ARG_WEIGHTS, primitive_weights}, {DNNL_ARG_DST, dst_memory}});
+    } else if (kind == Kind::kBackwardData) {
+      args.insert({{DNNL_ARG_DIFF_SRC, src_memory}, {DNNL_ARG_WEIGHTS, primitive_weights},
+                   {DNNL_ARG_DIFF_DST, dst_memory}});
+    } else {
+      args.insert({{DNNL_ARG_SRC, src_memory}, {DNNL_ARG_DIFF_WEIGHTS, primitive_weights},
+                   {DNNL_ARG_DIFF_DST, dst_memory}});
+    }
+    entry.primitive.execute(stream, args);
+    if (kind == Kind::kBackwardWeights && entry.weights_reordered) {
+      entry.weights_reorder.execute(stream, primitive_weights, user_weights);
+    }
+    stream.wait();
+  } catch (const std::exception& error) {  // dnnl::error, or an allocation that failed
+    return ffi::Error::Internal(std::string("oneDNN convolution: ") + error.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
+                   ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> padding_high) {
+  Geometry g;
+  if (auto error = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, dilation, padding_low,
+                                padding_high, &g);
+      error.failure()) {
+    return error;
+  }
+  return Run(Kind::kForward, g, x.untyped_data(), w.untyped_data(), y->untyped_data());
+}
+
+ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
+                        ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
+                        ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> padding_high) {
+  Geometry g;
+  if (auto error = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, dilation, padding_low,
+                                padding_high, &g);
+      error.failure()) {
+    return error;
+  }
+  return Run(Kind::kBackwardData, g, dx->untyped_data(), w.untyped_data(), dy.untyped_data());
+}
+
+ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
+                           ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
+                           ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> padding_high) {
+  Geometry g;
+  if (auto error = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, dilation, padding_low,
+                                padding_high, &g);
+      error.failure()) {
+    return error;
+  }
+  return Run(Kind::kBackwardWeights, g, x.untyped_data(), dw->untyped_data(), dy.untyped_data());
+}
+
+}  // namespace
+
+// OpenMP, oneDNN's threading runtime in the pinned build (libgomp): oneDNN runs each primitive on this many threads.
+extern "C" int omp_get_max_threads();
+
+// Creates the CPU engine; the number of threads oneDNN will use, or -1 where no CPU engine can be created (the
+// Python side then keeps XLA's convolutions).
+extern "C" int lensjax_onednn_threads() {
+  try {
+    Engine();
+  } catch (const dnnl::error&) {
+    return -1;
+  }
+  return omp_get_max_threads();
+}
+
+#define LENSJAX_ONEDNN_HANDLER(name, function)                                                          \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, function,                                                         \
+                                ffi::Ffi::Bind()                                                        \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                                       \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                                       \
+                                    .Ret<ffi::Buffer<ffi::F32>>()                                       \
+                                    .Attr<ffi::Span<const int64_t>>("strides")                          \
+                                    .Attr<ffi::Span<const int64_t>>("dilation")                         \
+                                    .Attr<ffi::Span<const int64_t>>("padding_low")                      \
+                                    .Attr<ffi::Span<const int64_t>>("padding_high"))
+
+LENSJAX_ONEDNN_HANDLER(lensjax_onednn_conv_forward, Forward);
+LENSJAX_ONEDNN_HANDLER(lensjax_onednn_conv_backward_data, BackwardData);
+LENSJAX_ONEDNN_HANDLER(lensjax_onednn_conv_backward_weights, BackwardWeights);
