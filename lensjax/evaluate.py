@@ -425,7 +425,7 @@ def write_figures(report: dict[str, Any], result: evaluation.Evaluation, config:
   hardest = hardest_cases(result)
   plots.plot_predictions(hardest["image"], hardest["mask"], hardest["probabilities"], config.data.targets,
                          stem.with_name(stem.name + "_hardest.png"),
-                         title=f"{title}: the {len(hardest['index'])} hardest images (indices "
+                         title=f"{title}:\nthe {len(hardest['index'])} hardest images (indices "
                                f"{', '.join(map(str, hardest['index']))})")
   shown = [(key, label) for key, label in BINNED_PARAMETERS[:2] if key in result.per_image]
   if shown and "is_lens" in result.per_image and np.any(result.per_image["is_lens"] > 0.5):
