@@ -1,4 +1,4 @@
-"""lensjax against PyTorch on the same CPU, in one process: training steps and inference, side by side.
+"""lensjax against PyTorch on the same CPU, each in its own process: training steps and inference, side by side.
 
   python -m benchmarks.vs_torch                                   # everything: about 6-8 minutes on 2 cores
   python -m benchmarks.vs_torch --parts isnet --repeats 5         # a quick look: IS-Net only, about 1.5 minutes
@@ -15,17 +15,24 @@ Parts (`--parts`, default all three):
 Each part times a training step (`train`) and a forward pass in eval mode (`infer`; `--phases` picks).
 
 The lensjax side is whatever `import lensjax` gives (the real jitted training step of
-`lensjax.train_step.compile_train_step` on the part's config, and a jitted eval-mode forward); the PyTorch side is
-the independent networks of `benchmarks/torch_models.py` in eager mode, NCHW, with `torch.set_num_threads` equal
-to the cores JAX uses (the cores this process may run on), the original's loss and optimizer. Both get the same
-random batch. After `--warmup` untimed calls each, the frameworks run alternately (torch, lensjax, torch, ...)
-for `--repeats` rounds, so that load from other processes falls on both alike; the record keeps the median and
-the spread of each and the ratio torch median / lensjax median (> 1: lensjax is faster).
+`lensjax.train_step.compile_train_step` on the part's config, and a jitted eval-mode forward), run in this
+process; the PyTorch side is the independent networks of `benchmarks/torch_models.py` in eager mode, NCHW, with
+`torch.set_num_threads` equal to the cores JAX uses (the cores this process may run on), the original's loss and
+optimizer, run in a child process of its own (`TorchProcess`), so that the two frameworks' thread pools (XLA's,
+PyTorch's OpenMP, and the OpenMP runtime of lensjax's oneDNN convolutions) never share a process: in one process
+PyTorch ran 1.3-3x slower once oneDNN had run. Both get the same random batch. The child builds its network once
+per part and, on request, runs one call and sends back its seconds; this process alternates those requests with
+its own timed calls, so only one framework computes at any moment: after `--warmup` untimed calls each, torch,
+lensjax, torch, ... for `--repeats` rounds, so that load from other processes falls on both alike. The record
+keeps the median and the spread of each and the ratio torch median / lensjax median (> 1: lensjax is faster).
+The child ends with the run, also when it fails.
 
-FLOPs per call come from XLA's cost analysis of lensjax's compiled program and are used for both frameworks
-(they compute the same network); FLOP/s are compared with a float32 matmul probe of each framework on the same
-cores. The record (JSON, `--out`) has the command, the CPU model and flags, versions, thread counts, probes and
-one row per (part, phase).
+FLOPs per call come from XLA's cost analysis of lensjax's program compiled without its CPU fast paths (compiled
+only, never run: the cost analysis counts nothing inside the oneDNN custom calls, so the plain program gives the
+same count with or without them) and are used for both frameworks (they compute the same network); FLOP/s are
+compared with a float32 matmul probe of each framework, each in its own process, on the same cores. The record
+(JSON, `--out`) has the command, the CPU model and flags, versions, thread counts, both process ids, probes and one
+row per (part, phase).
 """
 
 from __future__ import annotations
@@ -34,12 +41,14 @@ import argparse
 import dataclasses
 import datetime
 import json
+import multiprocessing
 import os
 import pathlib
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -128,9 +137,9 @@ def nchw(array: np.ndarray):
 # The two frameworks
 
 
-def lensjax_calls(part: Part, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-  """lensjax's compiled training step and eval-mode forward on `batch`: {phase: (call, flops, compile_s)} and the
-  parameter count."""
+def lensjax_calls(part: Part, batch: dict[str, np.ndarray], phases: Sequence[str], plain: bool) -> dict[str, Any]:
+  """lensjax's compiled `phases` (training step, eval-mode forward) on `batch`: {phase: (call, flops, compile_s)}
+  and the parameter count. `plain`: the programs are traced without the CPU fast paths (their own FLOPs count)."""
   from lensjax import config as cfg
 
   config = cfg.load_module_config(part.config)
@@ -139,10 +148,12 @@ def lensjax_calls(part: Part, batch: dict[str, np.ndarray]) -> dict[str, Any]:
   if part.out_channels != len(config.data.targets):
     raise ValueError(f"part {part.name}: config {part.config} has {len(config.data.targets)} targets, "
                      f"not {part.out_channels}")
-  programs, parameters = compile_programs(config, batch, PHASES)
+  programs, parameters = compile_programs(config, batch, phases)
+  flops = {phase: _flops(compiled) for phase, (compiled, _, _) in programs.items()} if plain else \
+      plain_flops(config, batch, phases)
   calls: dict[str, Any] = {"parameters": parameters}
-  for phase, (compiled, call, compile_s) in programs.items():
-    calls[phase] = (call, _flops(compiled), compile_s)
+  for phase, (_, call, compile_s) in programs.items():
+    calls[phase] = (call, flops[phase], compile_s)
   return calls
 
 
@@ -179,6 +190,16 @@ def compile_programs(config, batch: dict[str, np.ndarray], phases: Sequence[str]
     programs["infer"] = (forward, lambda: jax.block_until_ready(forward(holder["state"], *inputs)),
                          time.perf_counter() - start)
   return programs, int(parameters)
+
+
+def plain_flops(config, batch: dict[str, np.ndarray], phases: Sequence[str]) -> dict[str, float]:
+  """{phase: FLOPs per call} of `config`'s programs traced without lensjax's CPU fast paths, compiled for XLA's
+  cost analysis and never run. The fast paths' oneDNN convolutions are custom calls whose work the cost analysis
+  does not see; the plain program computes the same network, so its count holds for every setting."""
+  from lensjax.models import layers
+  with layers.cpu_fast_paths(False):
+    programs, _ = compile_programs(config, batch, phases)
+  return {phase: _flops(compiled) for phase, (compiled, _, _) in programs.items()}
 
 
 def _flops(compiled) -> float:
@@ -233,6 +254,99 @@ def torch_calls(part: Part, batch: dict[str, np.ndarray]) -> dict[str, Any]:
   return {"parameters": sum(p.numel() for p in model.parameters()), "train": train_once, "infer": infer_once}
 
 
+def _torch_worker(connection, threads: int) -> None:
+  """The child process of `TorchProcess`: answers requests until told to close or until the parent is gone.
+
+  Requests (tuples) and replies ("ok", value) or ("error", traceback):
+    ("start",)        -> {"pid", "torch" (version), "threads", "matmul_flops_per_s"}
+    ("build", part)   -> the parameter count of the part's network, built on `random_batch(part)`
+    ("call", phase)   -> wall seconds of one call of the built network's phase
+    ("close",)        -> no reply; the process ends
+  """
+  import torch
+  torch.set_num_threads(threads)
+  calls: dict[str, Any] = {}
+
+  def start():
+    a = torch.from_numpy(np.random.default_rng(0).random((PROBE_SIZE, PROBE_SIZE), dtype=np.float32))
+    return {"pid": os.getpid(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "matmul_flops_per_s": matmul_flops_per_s(lambda: a @ a)}
+
+  def build(part: Part):
+    calls.clear()                    # the previous part's network goes before the next is built
+    calls.update(torch_calls(part, random_batch(part)))
+    return calls["parameters"]
+
+  handlers = {"start": start, "build": build, "call": lambda phase: _seconds(calls[phase])}
+  with connection:
+    while True:
+      try:
+        request, *arguments = connection.recv()
+      except EOFError:               # the parent ended
+        return
+      if request == "close":
+        return
+      try:
+        reply = ("ok", handlers[request](*arguments))
+      except Exception:  # pylint: disable=broad-except  # sent to the parent, which raises it
+        reply = ("error", traceback.format_exc())
+      try:
+        connection.send(reply)
+      except OSError:                # the parent ended while this call ran
+        return
+
+
+class TorchProcess:
+  """PyTorch in a child process of its own ('spawn': a fresh interpreter that never imports JAX's runtime or
+  lensjax's oneDNN), on `threads` threads, answering one request at a time (`_torch_worker`). Use it as a context
+  manager: leaving the block ends the child, at once when the block raised. The child also ends by itself when
+  this process ends (its end of the pipe closes)."""
+
+  def __init__(self, threads: int):
+    context = multiprocessing.get_context("spawn")
+    self._connection, child_end = context.Pipe()
+    self._process = context.Process(target=_torch_worker, args=(child_end, threads), name="vs_torch-pytorch",
+                                    daemon=True)
+    self._process.start()
+    child_end.close()
+
+  @property
+  def pid(self) -> int:
+    return self._process.pid
+
+  def request(self, *message) -> Any:
+    """Sends one request and waits for its reply; raises RuntimeError when the child failed or died."""
+    try:
+      self._connection.send(message)
+      status, value = self._connection.recv()
+    except (EOFError, OSError) as error:
+      self._process.join(timeout=10)
+      raise RuntimeError(f"the PyTorch process (pid {self.pid}) ended during {message[0]!r} with exit code "
+                         f"{self._process.exitcode}") from error
+    if status == "error":
+      raise RuntimeError(f"the PyTorch process failed during {message[0]!r}:\n{value}")
+    return value
+
+  def close(self, wait: bool = True) -> None:
+    """Ends the child: asks it to close and waits for it (`wait`), else or after 30 s terminates it."""
+    if wait and self._process.is_alive():
+      try:
+        self._connection.send(("close",))
+      except OSError:
+        pass
+      self._process.join(timeout=30)
+    if self._process.is_alive():
+      self._process.terminate()
+      self._process.join()
+    self._connection.close()
+
+  def __enter__(self) -> TorchProcess:
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    self.close(wait=exc_type is None)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Timing
 
@@ -250,31 +364,34 @@ def _seconds(call) -> float:
   return time.perf_counter() - start
 
 
-def interleaved(torch_call, lensjax_call, repeats: int, warmup: int) -> tuple[list[float], list[float]]:
-  """Wall seconds of `repeats` calls of each, alternating torch, lensjax, torch, ... after `warmup` of each."""
+def interleaved(torch_timed: Callable[[], float], lensjax_timed: Callable[[], float], repeats: int,
+                warmup: int) -> tuple[list[float], list[float]]:
+  """Seconds of `repeats` timed calls of each (each callable runs one call and returns its wall seconds),
+  alternating torch, lensjax, torch, ... after `warmup` untimed calls of each, alternating too."""
   for _ in range(warmup):
-    torch_call()
-    lensjax_call()
+    torch_timed()
+    lensjax_timed()
   torch_s, lensjax_s = [], []
   for _ in range(repeats):
-    torch_s.append(_seconds(torch_call))
-    lensjax_s.append(_seconds(lensjax_call))
+    torch_s.append(torch_timed())
+    lensjax_s.append(lensjax_timed())
   return torch_s, lensjax_s
 
 
-def matmul_probes(size: int = 1024, repeats: int = 5) -> dict[str, float]:
-  """FLOP/s of a float32 (size x size) matmul in each framework (best of `repeats`, on the same cores)."""
+PROBE_SIZE = 1024                    # the float32 matmul probe multiplies two (PROBE_SIZE x PROBE_SIZE) matrices
+
+
+def matmul_flops_per_s(multiply: Callable[[], Any], repeats: int = 5) -> float:
+  """FLOP/s of the probe's matmul, `multiply()` running it once and waiting (best of `repeats` after one)."""
+  return 2.0 * PROBE_SIZE ** 3 / min(_seconds(multiply) for _ in range(repeats + 1))
+
+
+def lensjax_matmul_flops_per_s() -> float:
   import jax
   import jax.numpy as jnp
-  import torch
-  a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+  x = jnp.asarray(np.random.default_rng(0).random((PROBE_SIZE, PROBE_SIZE), dtype=np.float32))
   multiply = jax.jit(lambda x: x @ x)
-  x = jnp.asarray(a)
-  jax_best = min(_seconds(lambda: multiply(x).block_until_ready()) for _ in range(repeats + 1))
-  t = torch.from_numpy(a)
-  torch_best = min(_seconds(lambda: t @ t) for _ in range(repeats + 1))
-  flops = 2.0 * size ** 3
-  return {"size": size, "lensjax_flops_per_s": flops / jax_best, "torch_flops_per_s": flops / torch_best}
+  return matmul_flops_per_s(lambda: multiply(x).block_until_ready())
 
 
 def jax_cores() -> int:
@@ -285,17 +402,18 @@ def jax_cores() -> int:
     return os.cpu_count() or 1
 
 
-def measure_part(part: Part, phases: list[str], args: argparse.Namespace, probes: dict[str, float]) -> list[dict]:
-  batch = random_batch(part)
-  torch_side = torch_calls(part, batch)
-  lensjax_side = lensjax_calls(part, batch)
-  if torch_side["parameters"] != lensjax_side["parameters"]:
-    raise AssertionError(f"part {part.name}: the PyTorch network has {torch_side['parameters']:,} parameters, "
+def measure_part(part: Part, phases: list[str], args: argparse.Namespace, probes: dict[str, float],
+                 torch_process: TorchProcess) -> list[dict]:
+  torch_parameters = torch_process.request("build", part)
+  lensjax_side = lensjax_calls(part, random_batch(part), phases, plain=args.plain)
+  if torch_parameters != lensjax_side["parameters"]:
+    raise AssertionError(f"part {part.name}: the PyTorch network has {torch_parameters:,} parameters, "
                          f"lensjax's {lensjax_side['parameters']:,}: they are not the same network")
   rows = []
   for phase in phases:
     lensjax_call, flops, compile_s = lensjax_side[phase]
-    torch_s, lensjax_s = interleaved(torch_side[phase], lensjax_call, args.repeats, args.warmup)
+    torch_s, lensjax_s = interleaved(lambda: torch_process.request("call", phase), lambda: _seconds(lensjax_call),
+                                     args.repeats, args.warmup)
     row = {"part": part.name, "phase": phase, **dataclasses.asdict(part), "parameters": lensjax_side["parameters"],
            "flops_per_call": flops, "lensjax_compile_s": compile_s}
     for name, seconds, probe in (("torch", torch_s, probes["torch_flops_per_s"]),
@@ -355,25 +473,27 @@ def main(argv: list[str]) -> int:
   args = parse_args(argv)
   import lensjax
   from lensjax.models import layers
-  import torch
   from benchmarks import throughput
 
   threads = jax_cores()
-  torch.set_num_threads(threads)
-  probes = matmul_probes()
-  print(f"lensjax from {pathlib.Path(lensjax.__file__).parent}; {threads} threads; matmul probe: lensjax "
-        f"{probes['lensjax_flops_per_s'] / 1e9:.0f} GFLOP/s, torch {probes['torch_flops_per_s'] / 1e9:.0f} GFLOP/s",
-        flush=True)
-  print("| part, phase | PyTorch median (p10-p90) | lensjax median (p10-p90) | speed-up |\n|---|---|---|---|")
   table = parts_table(args.width, args.image_size, args.batch_size)
   rows = []
-  with layers.cpu_fast_paths(not args.plain, onednn=not args.no_onednn):
-    for name in args.parts:
-      rows += measure_part(table[name], args.phases, args, probes)
+  with TorchProcess(threads) as torch_process:
+    torch_info = torch_process.request("start")
+    probes = {"size": PROBE_SIZE, "lensjax_flops_per_s": lensjax_matmul_flops_per_s(),
+              "torch_flops_per_s": torch_info["matmul_flops_per_s"]}
+    print(f"lensjax from {pathlib.Path(lensjax.__file__).parent} (pid {os.getpid()}), PyTorch in pid "
+          f"{torch_info['pid']}; {threads} threads; matmul probe: lensjax "
+          f"{probes['lensjax_flops_per_s'] / 1e9:.0f} GFLOP/s, torch {probes['torch_flops_per_s'] / 1e9:.0f} "
+          "GFLOP/s", flush=True)
+    print("| part, phase | PyTorch median (p10-p90) | lensjax median (p10-p90) | speed-up |\n|---|---|---|---|")
+    with layers.cpu_fast_paths(not args.plain, onednn=not args.no_onednn):
+      for name in args.parts:
+        rows += measure_part(table[name], args.phases, args, probes, torch_process)
   load = os.getloadavg()
   lensjax_dir = pathlib.Path(lensjax.__file__).resolve().parents[1]
   versions = throughput.versions()
-  versions["torch"] = torch.__version__
+  versions["torch"] = torch_info["torch"]
   versions["lensjax_path"] = str(lensjax_dir)
   versions["cpu_fast_paths"] = not args.plain
   versions["onednn"] = onednn_status(args.plain or args.no_onednn)
@@ -382,7 +502,9 @@ def main(argv: list[str]) -> int:
       "schema": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "command": ["python", "-m", "benchmarks.vs_torch", *argv],
       "hardware": {"cpu_model": throughput.cpu_model(), "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags()},
-      "threads": {"jax": threads, "torch": torch.get_num_threads()}, "versions": versions,
+      "threads": {"jax": threads, "torch": torch_info["threads"]},
+      "processes": {"separate": True, "lensjax_pid": os.getpid(), "torch_pid": torch_info["pid"]},
+      "versions": versions,
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "matmul_probe": probes, "repeats": args.repeats,
       "warmup": args.warmup, "load_average_after": [round(x, 2) for x in load], "rows": rows,
   }

@@ -1,7 +1,16 @@
-"""`python -m benchmarks.vs_torch` at tiny sizes: its JSON record, and the PyTorch networks it times against
-lensjax's being the same networks (parameter counts at full size, counted without running either)."""
+"""`python -m benchmarks.vs_torch` at tiny sizes: its JSON record, PyTorch in a child process of its own that ends
+with the run (also when the parent fails or dies), FLOPs that do not depend on oneDNN, and the PyTorch networks it
+times against lensjax's being the same networks (parameter counts at full size, counted without running either)."""
 
+import contextlib
+import io
 import json
+import multiprocessing
+import os
+import pathlib
+import subprocess
+import sys
+import time
 
 import pytest
 from flax import nnx
@@ -34,12 +43,42 @@ def test_the_pytorch_networks_have_lensjax_parameter_counts_at_every_benchmarked
   assert _torch_parameters(torch_models.MSRFNet(1, 1)) == 18_591_821           # the original Keras count
 
 
+def _running(pid: int) -> bool:
+  """Whether process `pid` exists and is not a zombie (an ended child nobody has reaped yet)."""
+  try:
+    stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+  except FileNotFoundError:
+    return False
+  return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+  deadline = time.monotonic() + seconds
+  while _running(pid) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  return not _running(pid)
+
+
+TINY = ["--parts", "isnet_default", "--width", "0.125", "--image-size", "16", "--batch-size", "2", "--warmup", "1"]
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+  """Tiny runs with lensjax's default convolutions and with `--no-onednn`: {name: (record, printed table)}."""
+  found = {}
+  runs = {"default": ["--repeats", "3"], "no_onednn": ["--repeats", "2", "--phases", "infer", "--no-onednn"]}
+  for name, extra in runs.items():
+    out = tmp_path_factory.mktemp(name) / "vs_torch.json"
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+      vs_torch.main([*TINY, *extra, "--out", str(out)])
+    found[name] = json.loads(out.read_text()), printed.getvalue()
+  return found
+
+
 @pytest.mark.slow
-def test_a_tiny_run_writes_a_record_with_both_frameworks_per_phase(tmp_path, capsys):
-  out = tmp_path / "vs_torch.json"
-  vs_torch.main(["--parts", "isnet_default", "--width", "0.125", "--image-size", "16", "--batch-size", "2",
-                 "--repeats", "2", "--warmup", "1", "--out", str(out)])
-  record = json.loads(out.read_text())
+def test_a_tiny_run_writes_a_record_with_both_frameworks_per_phase(records):
+  record, printed = records["default"]
+  assert "| isnet_default train" in printed and "| isnet_default infer" in printed
   assert record["schema"] == vs_torch.SCHEMA
   assert record["threads"]["torch"] == record["threads"]["jax"] >= 1
   assert record["versions"]["onednn"] == onednn.status()        # where lensjax's oneDNN convs load from, or why not
@@ -50,8 +89,49 @@ def test_a_tiny_run_writes_a_record_with_both_frameworks_per_phase(tmp_path, cap
     assert (row["batch"], row["size"], row["width"], row["depth"], row["out_channels"]) == (2, 16, 0.125, 4, 2)
     assert row["flops_per_call"] > 0
     for side in ("torch", "lensjax"):
-      assert row[side]["seconds"]["count"] == 2
+      assert row[side]["seconds"]["count"] == 3                  # both sides timed in every round
       assert 0 < row[side]["seconds"]["min"] <= row[side]["seconds"]["median"] <= row[side]["seconds"]["max"]
       assert row[side]["fraction_of_matmul_probe"] > 0
     assert row["speedup"] == pytest.approx(row["torch"]["seconds"]["median"] / row["lensjax"]["seconds"]["median"])
-  assert "| isnet_default train" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_pytorch_runs_in_a_child_process_that_is_gone_after_the_run(records):
+  for record, _ in records.values():
+    processes = record["processes"]
+    assert processes["separate"] is True
+    assert processes["lensjax_pid"] == os.getpid() != processes["torch_pid"]
+    assert not _running(processes["torch_pid"])
+  assert multiprocessing.active_children() == []
+
+
+@pytest.mark.slow
+def test_flops_per_call_are_the_same_with_and_without_onednn(records):
+  with_onednn = {(row["part"], row["phase"]): row["flops_per_call"] for row in records["default"][0]["rows"]}
+  without = {(row["part"], row["phase"]): row["flops_per_call"] for row in records["no_onednn"][0]["rows"]}
+  assert without.keys() == {("isnet_default", "infer")}
+  assert with_onednn[("isnet_default", "infer")] == without[("isnet_default", "infer")]
+  # The training step does more work than the forward: about three times its multiply-adds.
+  assert 2 * with_onednn[("isnet_default", "infer")] < with_onednn[("isnet_default", "train")]
+
+
+def test_the_pytorch_process_ends_when_the_block_using_it_raises():
+  with pytest.raises(RuntimeError, match="KeyError"):
+    with vs_torch.TorchProcess(threads=1) as torch_process:
+      pid = torch_process.pid
+      assert torch_process.request("start")["pid"] == pid != os.getpid()
+      torch_process.request("call", "train")          # nothing built yet: the child's error comes back here
+  assert _gone_within(pid, 10)
+
+
+def test_the_pytorch_process_ends_when_its_parent_dies_without_cleaning_up(tmp_path):
+  script = ("import os, sys\n"
+            "from benchmarks import vs_torch\n"
+            "if __name__ == '__main__':\n"
+            "  torch_process = vs_torch.TorchProcess(threads=1)\n"
+            "  print(torch_process.request('start')['pid'], flush=True)\n"
+            "  os._exit(3)\n")                               # no atexit handlers, no close
+  parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=pathlib.Path(vs_torch.__file__).parents[1])
+  assert parent.returncode == 3, parent.stderr
+  assert _gone_within(int(parent.stdout.split()[-1]), 10)
