@@ -336,12 +336,13 @@ def _memory(compiled, devices) -> dict[str, Any]:
 
 
 def _phase_record(compiled, seconds: np.ndarray, compile_s: float, trace_s: float, global_batch: int,
-                  num_devices: int, peak: float | None) -> dict[str, Any]:
-  """The figures of one timed program (train or eval step) from every process's step times (P, steps)."""
+                  num_devices: int, peak: float | None, counted=None) -> dict[str, Any]:
+  """The figures of one timed program (train or eval step) from every process's step times (P, steps); FLOPs
+  from `counted` (the same step compiled without the CPU fast paths, see `plain_compile`) when given."""
   per_step = seconds.max(axis=0)      # a step is as slow as its slowest process
   stats = step_time_stats(per_step)
   images_per_s = global_batch / stats["median"]
-  cost = compiled.cost_analysis()
+  cost = (counted or compiled).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops_per_image = float(cost["flops"]) * num_devices / global_batch
   achieved = flops_per_image * images_per_s
@@ -360,6 +361,7 @@ def measure_point(config: cfg.Config, args: argparse.Namespace) -> dict[str, Any
   import jax
   from flax import nnx
   from lensjax import feature_sync, step_loop, train_step
+  from lensjax.models import layers, onednn
 
   load_before = os.getloadavg()
   num_devices, num_processes = jax.device_count(), jax.process_count()
@@ -395,6 +397,14 @@ def measure_point(config: cfg.Config, args: argparse.Namespace) -> dict[str, Any
     probe = matmul_probe(mesh)
     peak, peak_source = probe["flops_per_s"], "float32 matmul probe on the same devices, this process"
 
+  def plain_compile(compile_step, *args):
+    """The step compiled without the CPU fast paths, for its FLOP count only: XLA's cost analysis does not see
+    inside the oneDNN convolutions' custom calls. None where they are not used (the count is the program's)."""
+    if platform_name != "cpu" or not onednn.available():
+      return None
+    with layers.cpu_fast_paths(False):
+      return compile_step().lower(*args).compile()
+
   start = time.perf_counter()
   lowered = train_step.compile_train_step(graphdef, loss_fn, mesh, state_sharding, frozen).lower(
       state, frozen_state, batch, base_key)
@@ -419,7 +429,10 @@ def measure_point(config: cfg.Config, args: argparse.Namespace) -> dict[str, Any
   state, _ = run_loop(state, range(1, args.warmup + 1))
   state, train_seconds = run_loop(state, range(args.warmup + 1, args.warmup + args.steps + 1))
   holder = {"state": state}
-  phases = {"train": (train_compiled, train_seconds, compiled_at - traced, traced - start)}
+  phases = {"train": (train_compiled, train_seconds, compiled_at - traced, traced - start,
+                      plain_compile(lambda: train_step.compile_train_step(graphdef, loss_fn, mesh, state_sharding,
+                                                                          frozen), state, frozen_state, batch,
+                                    base_key))}
 
   if not args.no_eval:
     start = time.perf_counter()
@@ -429,7 +442,9 @@ def measure_point(config: cfg.Config, args: argparse.Namespace) -> dict[str, Any
     compiled_at = time.perf_counter()
     _time_steps(lambda _: eval_compiled(holder["state"], batch), args.warmup)
     eval_seconds = _time_steps(lambda _: eval_compiled(holder["state"], batch), args.steps)
-    phases["eval"] = (eval_compiled, eval_seconds, compiled_at - traced, traced - start)
+    phases["eval"] = (eval_compiled, eval_seconds, compiled_at - traced, traced - start,
+                      plain_compile(lambda: train_step.compile_eval_step(graphdef, loss_fn, mesh, state_sharding),
+                                    holder["state"], batch))
 
   memory = _memory(train_compiled, devices)
   peak_bytes = _allgather(np.array(memory["peak_bytes"], np.float32))     # float32: exact to 1 part in 1e7
@@ -446,9 +461,9 @@ def measure_point(config: cfg.Config, args: argparse.Namespace) -> dict[str, Any
       "memory": {"peak_bytes": int(peak_bytes.max()), "source": memory["source"]},
       "load_average_before": [round(x, 2) for x in load_before],
   }
-  for name, (compiled, seconds, compile_s, trace_s) in phases.items():
+  for name, (compiled, seconds, compile_s, trace_s, counted) in phases.items():
     point[name] = _phase_record(compiled, _allgather(seconds.astype(np.float32)), compile_s, trace_s, global_batch,
-                                num_devices, peak)
+                                num_devices, peak, counted)
   needed = point["train"]["images_per_s"] / num_processes
   slowest = float(np.nanmin(pipeline_rates)) if np.isfinite(pipeline_rates).any() else None
   point["input_pipeline"] = {

@@ -15,6 +15,9 @@ channels come from its `lensjax.registry` entry):
   output map at the input resolution (IS-Net's side logits), of the mean sigmoid BCE-with-logits -- and an
   `optax.adam(1e-3)` update of the parameters. The project's losses (`lensjax.losses`) add little compute
   to this: IS-Net's is this sum of six BCEs (plus optional feature MSEs).
+Both programs are compiled without lensjax's CPU fast paths (`layers.cpu_fast_paths(False)`): the oneDNN
+convolutions are custom calls whose work XLA's cost analysis does not see, and the plain program computes the
+same network, so the figures below hold for every backend and setting.
 FLOPs are `compiled.cost_analysis()["flops"]`: 2 per multiply-add, plus the elementwise work (BatchNorm,
 ReLU, resizing, the optimizer). XLA counts only the kernel taps that land on the input, not on zero padding,
 whereas the conv-only counts in `docs/networks.md` (torch's FlopCounterMode on the upstream network) count
@@ -37,7 +40,7 @@ from flax import nnx
 
 from lensjax import cli, registry
 from lensjax import config as cfg
-from lensjax.models import build, count_parameters
+from lensjax.models import build, count_parameters, layers
 
 # Channels of each batch entry a network may take (see `input_keys` in `lensjax.models`). The Canny edge
 # map MSRF-Net takes is one binary channel; IS-Net's GT encoder takes the K mask channels as in_channels.
@@ -54,9 +57,11 @@ def _full_resolution_maps(outputs, batch: int, size: int) -> list[jax.Array]:
 
 
 def _lower_and_compile(function, *abstract_args) -> tuple[jax.stages.Compiled, float, float]:
-  """Compiles `jax.jit(function)` for `abstract_args`; returns (compiled, trace seconds, compile seconds)."""
+  """Compiles `jax.jit(function)` for `abstract_args` without the CPU fast paths; returns (compiled, trace
+  seconds, compile seconds)."""
   start = time.perf_counter()
-  lowered = jax.jit(function).lower(*abstract_args)
+  with layers.cpu_fast_paths(False):
+    lowered = jax.jit(function).lower(*abstract_args)
   traced = time.perf_counter()
   compiled = lowered.compile()
   return compiled, traced - start, time.perf_counter() - traced
