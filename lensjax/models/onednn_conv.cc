@@ -27,7 +27,18 @@
 
 namespace ffi = xla::ffi;
 
+// OpenMP, oneDNN's threading runtime in the pinned build (libgomp). The team size is a per-thread setting.
+extern "C" int omp_get_max_threads();
+extern "C" void omp_set_num_threads(int);
+
 namespace {
+
+// Convolutions of fewer multiply-adds run on one thread, without a lock: XLA runs independent ones (a
+// convolution's dX and dW, parallel branches) on its other threads meanwhile, and a team's start-up and
+// synchronisation cost more than they save on such small work. Larger ones get the whole team, one at a time.
+// Measured on IS-Net's steps: one thread for every call made the default config's step 1.3x faster and the
+// full-width step 1.07x slower than a team for every call (docs/cpu-speed.md).
+constexpr double kTeamMinMacs = 5e8;
 
 enum class Kind { kForward, kBackwardData, kBackwardWeights };
 
@@ -48,6 +59,8 @@ struct Geometry {
   dnnl::memory::desc weights(dnnl::memory::format_tag tag = dnnl::memory::format_tag::hwio) const {
     return {{out, in, kh, kw}, dnnl::memory::data_type::f32, tag};
   }
+  // Multiply-adds of the convolution (the same for its two gradients).
+  double macs() const { return static_cast<double>(n) * oh * ow * in * out * kh * kw; }
   std::vector<int64_t> key() const {
     std::vector<int64_t> k{n, h, w, in, out, kh, kw, oh, ow};
     for (const auto* v : {&strides, &dilation, &padding_low, &padding_high}) k.insert(k.end(), v->begin(), v->end());
@@ -124,6 +137,7 @@ const Entry& Lookup(Kind kind, const Geometry& g) {
   static std::mutex mutex;
   static std::map<Key, std::unique_ptr<Entry>> cache;
   Key key{static_cast<int>(kind), g.key()};
+  std::get<1>(key).push_back(omp_get_max_threads());  // built for the calling thread's team size (see Run)
   std::lock_guard<std::mutex> lock(mutex);
   auto found = cache.find(key);
   if (found == cache.end()) found = cache.emplace(key, std::make_unique<Entry>(Build(kind, g))).first;
@@ -176,11 +190,24 @@ std::mutex& ExecutionMutex() {
   return mutex;
 }
 
+// Sets the calling thread's OpenMP team size for one call and puts the previous one back.
+class TeamSize {
+ public:
+  explicit TeamSize(int threads) : previous_(omp_get_max_threads()) { omp_set_num_threads(threads); }
+  ~TeamSize() { omp_set_num_threads(previous_); }
+  int threads() const { return omp_get_max_threads(); }
+
+ private:
+  int previous_;
+};
+
 // Runs the cached primitive: `weights` is the caller's HWIO kernel (read, or written for backward weights).
 ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst) {
   try {
+    TeamSize team(g.macs() < kTeamMinMacs ? 1 : omp_get_max_threads());
     const Entry& entry = Lookup(kind, g);
-    std::lock_guard<std::mutex> one_at_a_time(ExecutionMutex());
+    std::unique_lock<std::mutex> one_at_a_time(ExecutionMutex(), std::defer_lock);
+    if (team.threads() > 1) one_at_a_time.lock();  // a one-thread call starts no team: no need to wait
     dnnl::engine& engine = Engine();
     dnnl::stream stream(engine);
     dnnl::memory src_memory(g.src(), engine, src), dst_memory(g.dst(), engine, dst);
@@ -255,8 +282,7 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ff
 
 }  // namespace
 
-// OpenMP, oneDNN's threading runtime in the pinned build (libgomp): oneDNN runs each primitive on this many threads.
-extern "C" int omp_get_max_threads();
+// oneDNN runs a primitive of kTeamMinMacs or more on this many threads.
 
 // Creates the CPU engine; the number of threads oneDNN will use, or -1 where no CPU engine can be created (the
 // Python side then keeps XLA's convolutions).
