@@ -101,6 +101,6 @@ def test_cross_field_rules_name_both_fields():
 
 def test_resumable_changes_are_declared_on_the_fields():
   assert cfg.resumable_keys() == {
-      "name", "train.log_every", "train.eval_every", "train.eval_batch_size", "train.figure_images",
+      "name", "train.log_every", "train.eval_every", "train.early_stop_evals", "train.eval_batch_size", "train.figure_images",
       "train.tensorboard", "checkpoint.every_steps", "checkpoint.keep", "data.read_threads",
       "data.prefetch_batches", "data.worker_buffer_size"}
