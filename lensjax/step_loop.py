@@ -133,7 +133,6 @@ def run_steps(step_fn: Callable, state: Any, batches: Iterator[dict[str, jax.Arr
     if stopping or (ends and not last):
       if not window.empty:
         write_log(step)
-      window.fetch()
       return LoopResult(state, step, stopping, ended_by_hook=not stopping)
   window.fetch()
   return LoopResult(state, step, False)
