@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from lensjax.models import onednn
-from lensjax.models.layers import conv_general_dilated, cpu_fast_paths
+from lensjax.models.layers import conv_general_dilated, conv_transpose, cpu_fast_paths
 from tests.helpers.networks import ISNET, MSRFNET, gradient_pairs, tiny_network_loss
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -84,6 +84,29 @@ def test_a_convolution_and_its_gradients_match_xlas(shape, kernel, stride, dilat
   _assert_close(dx, plain_dx, "input gradient")
   _assert_close(dw, plain_dw, "kernel gradient")
 
+
+
+# MSRF-Net's transposed convs (Keras Conv2DTranspose 'same' k3, k4 and k1 at stride 2, 'valid' k2 s2, as
+# KerasConvTranspose pads them), a stride-1 one and a non-overlapping stride 3; odd, even and non-square maps.
+@pytest.mark.parametrize("kernel, stride, padding", [
+    (3, 2, (2, 1)), (4, 2, (2, 2)), (1, 2, (0, 1)), (2, 2, (1, 1)), (3, 1, (1, 1)), (3, 3, (2, 2))])
+@pytest.mark.parametrize("shape", [(2, 5, 5, 3), (1, 4, 7, 2)])
+def test_a_transposed_convolution_and_its_gradients_match_xlas(shape, kernel, stride, padding):
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, shape[-1], 4)) * 0.3, jnp.float32)
+  conv = lambda x, w: conv_transpose(x, w, (stride, stride), (padding, padding))
+  step = jax.jit(lambda x, w: _value_and_grads(conv, x, w))
+  assert ("lensjax_onednn_conv_backward_data" in step.lower(x, w).as_text()) == _onednn_expected()
+  out, (dx, dw) = step(x, w)
+  plain = lambda x, w: jax.lax.conv_general_dilated(x, jnp.flip(w, (0, 1)), (1, 1), (padding, padding),
+                                                    lhs_dilation=(stride, stride), dimension_numbers=NHWC)
+  plain_out, (plain_dx, plain_dw) = jax.jit(lambda x, w: _value_and_grads(plain, x, w))(x, w)
+  assert out.shape == plain_out.shape == (shape[0], *[(n - 1) * stride + sum(padding) - kernel + 2
+                                                      for n in shape[1:3]], 4)
+  _assert_close(out, plain_out, "output")
+  _assert_close(dx, plain_dx, "input gradient")
+  _assert_close(dw, plain_dw, "kernel gradient")
 
 def test_a_vmapped_convolution_matches_xlas():
   rng = np.random.default_rng(1)

@@ -157,6 +157,24 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
                                        _hashable(rhs_dilation), numbers, _hashable(precision), chunk)
 
 
+
+def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                   padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """A transposed convolution, (N, H, W, I) x (KH, KW, I, O) -> (N, OH, OW, O): the spatially flipped kernel
+  correlated with x dilated by `strides` (zeros between its pixels) and padded by `padding` ((before, after) per
+  axis), OH = (H - 1) * stride + before + after - KH + 2.
+
+  On CPU it runs through oneDNN where `conv_general_dilated` would (`onednn.conv_transpose`: the input gradient
+  of a strided convolution, computed without the zeros); elsewhere it is `lax.conv_general_dilated` with
+  `lhs_dilation`, whose CPU kernels multiply every inserted zero.
+  """
+  if _fast_paths_enabled() and _FAST_PATHS["onednn"] and not _sharded_by_type(x):
+    if (window := onednn.conv_transpose_window(x, kernel, strides, padding)) is not None:
+      return onednn.conv_transpose(x, kernel, window[0], *window[1])
+  return jax.lax.conv_general_dilated(x, jnp.flip(kernel, axis=(0, 1)), window_strides=(1, 1),
+                                      padding=(padding[0], padding[1]), lhs_dilation=strides,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
 # Rows (images x output pixels) per chunk of the kernel-gradient sum, and the smallest in x out channels for
 # which chunking wins on CPU (docs/performance.md, "conv dW").
 WEIGHT_GRADIENT_CHUNK_ROWS = 8192

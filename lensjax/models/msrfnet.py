@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lensjax.models.layers import PointwiseConv, conv_general_dilated, max_pool_ceil, upsample_bilinear
+from lensjax.models.layers import (PointwiseConv, conv_general_dilated, conv_transpose, max_pool_ceil,
+                                   upsample_bilinear)
 from lensjax.registry import scaled_channels
 
 # Channels of the four encoder levels at width 1; the decoder stage at each scale has the same width.
@@ -116,10 +117,8 @@ class KerasConvTranspose(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = jnp.flip(self.kernel[...], axis=(0, 1)).astype(self.dtype)
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel, window_strides=(1, 1), padding=(self.padding, self.padding),
-        lhs_dilation=(self.stride, self.stride), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = conv_transpose(x.astype(self.dtype), self.kernel[...].astype(self.dtype), (self.stride, self.stride),
+                       (self.padding, self.padding))
     return y + self.bias[...].astype(self.dtype)
 
 

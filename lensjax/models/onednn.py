@@ -2,8 +2,10 @@
 
 `conv` is `jax.lax.conv_general_dilated` for float32 NHWC inputs and HWIO kernels whose forward pass, input
 gradient and kernel gradient are each one call into oneDNN: the handlers of `lensjax/models/onednn_conv.cc`, which
-`pip install -e .` builds as the optional extension `lensjax.models._onednn_conv`. `conv_window` says whether a
-convolution can take this path; `lensjax.models.layers.conv_general_dilated` asks it only on the CPU backend.
+`pip install -e .` builds as the optional extension `lensjax.models._onednn_conv`. `conv_transpose` is a transposed
+convolution (the input gradient of a strided convolution) through the same three handlers, roles swapped.
+`conv_window` and `conv_transpose_window` say whether a convolution can take this path; the layers of
+`lensjax.models.layers` ask them only on the CPU backend.
 Where the extension is not built, does not load or is switched off (`LENSJAX_ONEDNN=0`), `available()` is False
 and the networks keep XLA's convolutions; the reason is logged once at debug level.
 """
@@ -127,3 +129,53 @@ def _conv_backward(strides, padding, dilation, residuals, grad):
 
 
 conv.defvjp(_conv_forward, _conv_backward)
+
+
+def conv_transpose_window(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                          padding: tuple[tuple[int, int], tuple[int, int]]) -> tuple[tuple[int, int], Window] | None:
+  """The arguments of `conv_transpose` after x and kernel, or None where it does not apply (as `conv_window`).
+
+  x (N, H, W, I) and kernel (KH, KW, I, O) are a transposed convolution written as XLA computes it: the flipped
+  kernel correlated with x dilated by `strides` and padded by `padding` ((before, after) per axis), an
+  (N, OH, OW, O) result. That is the input gradient of the convolution of an (N, OH, OW, O) map with kernel
+  (KH, KW, O, I) at stride `strides`, padded K - 1 - before on top (left) and what makes its output H x W again
+  below (right); oneDNN floors the output size as lax does. A negative top padding takes XLA's path.
+  """
+  out_spatial = tuple((size - 1) * s + before + after - k + 2
+                      for size, s, (before, after), k in zip(x.shape[1:3], strides, padding, kernel.shape[:2]))
+  forward_padding = [(k - 1 - before, max(k - 1 - after, 0)) for k, (before, after) in zip(kernel.shape[:2], padding)]
+  if any(low < 0 for low, _ in forward_padding) or any(size <= 0 for size in out_spatial):
+    return None
+  wide = jax.ShapeDtypeStruct((x.shape[0], *out_spatial, kernel.shape[3]), x.dtype)
+  forward_kernel = jax.ShapeDtypeStruct((*kernel.shape[:2], kernel.shape[3], kernel.shape[2]), kernel.dtype)
+  numbers = jax.lax.conv_dimension_numbers(wide.shape, forward_kernel.shape, ("NHWC", "HWIO", "NHWC"))
+  window = conv_window(wide, forward_kernel, strides, forward_padding, None, numbers, None)
+  if window is None or _output_shape(wide.shape, forward_kernel.shape, *window)[1:3] != tuple(x.shape[1:3]):
+    return None
+  return out_spatial, window
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv_transpose(x: jax.Array, kernel: jax.Array, out_spatial, strides, padding, dilation) -> jax.Array:
+  """(N, H, W, I) float32 x (KH, KW, I, O) kernel -> (N, *out_spatial, O): the input gradient of the forward
+  convolution (kernel (KH, KW, O, I)) with the arguments `conv_transpose_window` returns."""
+  shape = (x.shape[0], *out_spatial, kernel.shape[3])
+  return _ffi("backward_data", shape, x, jnp.swapaxes(kernel, 2, 3), strides, padding, dilation)
+
+
+def _conv_transpose_forward(x, kernel, out_spatial, strides, padding, dilation):
+  return conv_transpose(x, kernel, out_spatial, strides, padding, dilation), (x, kernel)
+
+
+def _conv_transpose_backward(out_spatial, strides, padding, dilation, residuals, grad):
+  # The transposed convolution's input gradient is the forward convolution of its output gradient; its kernel
+  # gradient is that forward convolution's kernel gradient with the roles of input and output gradient swapped.
+  del out_spatial
+  x, kernel = residuals
+  grad_x = _ffi("forward", x.shape, grad, jnp.swapaxes(kernel, 2, 3), strides, padding, dilation)
+  forward_kernel_shape = (*kernel.shape[:2], kernel.shape[3], kernel.shape[2])
+  grad_kernel = _ffi("backward_weights", forward_kernel_shape, grad, x, strides, padding, dilation)
+  return grad_x, jnp.swapaxes(grad_kernel, 2, 3)
+
+
+conv_transpose.defvjp(_conv_transpose_forward, _conv_transpose_backward)
