@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lensjax.models.layers import conv_general_dilated, cpu_fast_paths, max_pool_ceil
+from lensjax.models.layers import _drop_padding_taps, conv_general_dilated, cpu_fast_paths, max_pool_ceil
 from tests.helpers.networks import ISNET, MSRFNET, gradient_pairs, tiny_network_loss
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -60,6 +60,35 @@ def test_convolution_with_the_chunked_kernel_gradient_matches_the_plain_one(stri
   # The same products summed in another order: float32 rounding of sums over 4 x 64 x 64 pixels.
   np.testing.assert_allclose(fast_dw, plain_dw, rtol=2e-5, atol=2e-5 * float(jnp.abs(plain_dw).max()))
 
+
+
+# IS-Net's dilated convs on its smallest maps: dilation 4 and 8 on 4 x 4 and 8 x 8 read input through the centre
+# tap only (1 x 1 taps left); dilation 4 on a 4 x 6 map through the centre row; dilation 2 on 4 x 4 and a 1 x 1
+# map at dilation 1 (the deepest level of the tiny networks) keep or drop theirs; strided 'SAME' convs keep all.
+@pytest.mark.parametrize("shape, dilation, stride, padding, taps", [
+    ((2, 4, 4, 3), 8, 1, 8, (1, 1)), ((2, 4, 4, 3), 4, 1, 4, (1, 1)), ((2, 8, 8, 3), 8, 1, 8, (1, 1)),
+    ((2, 4, 6, 3), 4, 1, 4, (1, 3)), ((2, 4, 4, 3), 2, 1, 2, (3, 3)), ((1, 1, 1, 3), 1, 1, 1, (1, 1)),
+    ((2, 5, 5, 3), 1, 2, 1, (3, 3)), ((2, 3, 3, 3), 1, 2, "SAME", (3, 3))])
+def test_a_convolution_without_its_padding_only_taps_computes_the_same_values_and_gradients(
+    shape, dilation, stride, padding, taps):
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, shape[-1], 5)), jnp.float32)
+  padding = padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
+  numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+  pruned = _drop_padding_taps(x.shape, w, (stride, stride), padding, (dilation, dilation), numbers)
+  assert (pruned[0].shape[:2] if pruned is not None else (3, 3)) == taps
+  conv = lambda f: lambda x, w: f(x, w, (stride, stride), padding, rhs_dilation=(dilation, dilation),
+                                  dimension_numbers=NHWC)
+  fast_out, (fast_dx, fast_dw) = jax.jit(lambda x, w: _value_and_grads(conv(conv_general_dilated), x, w))(x, w)
+  out, (dx, dw) = jax.jit(lambda x, w: _value_and_grads(conv(jax.lax.conv_general_dilated), x, w))(x, w)
+  np.testing.assert_allclose(fast_out, out, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(fast_dx, dx, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(fast_dw, dw, rtol=1e-5, atol=1e-5)
+  dropped = np.zeros((3, 3), bool)   # the dropped taps read only zeros: their gradient is exactly zero
+  dropped[[0, 2], :] |= taps[0] == 1
+  dropped[:, [0, 2]] |= taps[1] == 1
+  assert float(jnp.abs(dw).sum()) > 0 and not np.any(np.asarray(fast_dw)[dropped])
 
 @pytest.mark.parametrize("name, options, inputs", [ISNET, pytest.param(*MSRFNET, marks=pytest.mark.slow)])
 def test_a_network_trains_the_same_with_and_without_the_fast_paths(name, options, inputs):
