@@ -20,6 +20,7 @@
 #include <string>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -36,11 +37,28 @@ namespace {
 // Convolutions of fewer multiply-adds run on one thread, without a lock: XLA runs independent ones (a
 // convolution's dX and dW, parallel branches) on its other threads meanwhile, and a team's start-up and
 // synchronisation cost more than they save on such small work. Larger ones get the whole team, one at a time.
-// Measured on IS-Net's steps: one thread for every call made the default config's step 1.3x faster and the
-// full-width step 1.07x slower than a team for every call (docs/cpu-speed.md).
-constexpr double kTeamMinMacs = 5e8;
+// Forward convolutions mostly follow one another (a forward pass is a chain), so they take the team from a lower
+// size than the gradients, which come in independent pairs (docs/cpu-speed.md, "Threads per call").
+constexpr double kForwardTeamMinMacs = 1e8;
+constexpr double kBackwardTeamMinMacs = 5e8;
 
 enum class Kind { kForward, kBackwardData, kBackwardWeights };
+
+// The team threshold of `kind`. LENSJAX_ONEDNN_TEAM_MIN_MACS overrides both ("N") or each ("FORWARD,BACKWARD"),
+// read once per process, for measuring other thresholds.
+double TeamMinMacs(Kind kind) {
+  static const std::pair<double, double> thresholds = [] {
+    std::pair<double, double> value{kForwardTeamMinMacs, kBackwardTeamMinMacs};
+    const char* text = std::getenv("LENSJAX_ONEDNN_TEAM_MIN_MACS");
+    if (text != nullptr && *text != '\0') {
+      char* rest = nullptr;
+      value.first = value.second = std::strtod(text, &rest);
+      if (*rest == ',') value.second = std::strtod(rest + 1, nullptr);
+    }
+    return value;
+  }();
+  return kind == Kind::kForward ? thresholds.first : thresholds.second;
+}
 
 // Everything that determines a primitive: the kind, NHWC input dims, HWIO kernel dims, output spatial dims and
 // the window attributes.
@@ -204,7 +222,7 @@ class TeamSize {
 // Runs the cached primitive: `weights` is the caller's HWIO kernel (read, or written for backward weights).
 ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst) {
   try {
-    TeamSize team(g.macs() < kTeamMinMacs ? 1 : omp_get_max_threads());
+    TeamSize team(g.macs() < TeamMinMacs(kind) ? 1 : omp_get_max_threads());
     const Entry& entry = Lookup(kind, g);
     std::unique_lock<std::mutex> one_at_a_time(ExecutionMutex(), std::defer_lock);
     if (team.threads() > 1) one_at_a_time.lock();  // a one-thread call starts no team: no need to wait
@@ -281,8 +299,6 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ff
 }
 
 }  // namespace
-
-// oneDNN runs a primitive of kTeamMinMacs or more on this many threads.
 
 // Creates the CPU engine; the number of threads oneDNN will use, or -1 where no CPU engine can be created (the
 // Python side then keeps XLA's convolutions).
