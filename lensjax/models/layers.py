@@ -66,6 +66,12 @@ def max_pool_ceil(x: jax.Array) -> jax.Array:
   return _max_pool_ceil(x)
 
 
+def _onednn_allowed(x: jax.Array) -> bool:
+  """Whether the oneDNN kernels may be asked for an op on `x` (the fast paths being on): not switched off with
+  `cpu_fast_paths(..., onednn=False)`, and `x` not sharded by type."""
+  return _FAST_PATHS["onednn"] and not _sharded_by_type(x)
+
+
 def _sharded_by_type(x: jax.Array) -> bool:
   """Whether `x` carries a sharding in its type (explicit mesh axes): the window reshape of the fast path has
   no sharding rule there, so such inputs take the plain path."""
@@ -148,7 +154,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
     rhs, padding = pruned
     plain = functools.partial(plain, padding=padding)
   window = None
-  if _FAST_PATHS["onednn"] and not _sharded_by_type(lhs):
+  if _onednn_allowed(lhs):
     window = onednn.conv_window(lhs, rhs, window_strides, padding, rhs_dilation, numbers, precision)
   if window is not None:
     return onednn.conv(lhs, rhs, *window)
@@ -161,23 +167,6 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
                                        _hashable(rhs_dilation), numbers, _hashable(precision), chunk)
 
 
-
-def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-                   padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
-  """A transposed convolution, (N, H, W, I) x (KH, KW, I, O) -> (N, OH, OW, O): the spatially flipped kernel
-  correlated with x dilated by `strides` (zeros between its pixels) and padded by `padding` ((before, after) per
-  axis), OH = (H - 1) * stride + before + after - KH + 2.
-
-  On CPU it runs through oneDNN where `conv_general_dilated` would (`onednn.conv_transpose`: the input gradient
-  of a strided convolution, computed without the zeros); elsewhere it is `lax.conv_general_dilated` with
-  `lhs_dilation`, whose CPU kernels multiply every inserted zero.
-  """
-  if _fast_paths_enabled() and _FAST_PATHS["onednn"] and not _sharded_by_type(x):
-    if (window := onednn.conv_transpose_window(x, kernel, strides, padding)) is not None:
-      return onednn.conv_transpose(x, kernel, window[0], *window[1])
-  return jax.lax.conv_general_dilated(x, jnp.flip(kernel, axis=(0, 1)), window_strides=(1, 1),
-                                      padding=(padding[0], padding[1]), lhs_dilation=strides,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 def _drop_padding_taps(lhs_shape, rhs: jax.Array, window_strides, padding, rhs_dilation,
                        numbers: jax.lax.ConvDimensionNumbers):
@@ -210,6 +199,25 @@ def _drop_padding_taps(lhs_shape, rhs: jax.Array, window_strides, padding, rhs_d
   for (first, last), axis in zip(taps, numbers.rhs_spec[2:]):
     rhs = jax.lax.slice_in_dim(rhs, first, last + 1, axis=axis)
   return rhs, tuple(new_padding)
+
+
+def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                   padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """A transposed convolution, (N, H, W, I) x (KH, KW, I, O) -> (N, OH, OW, O): the spatially flipped kernel
+  correlated with x dilated by `strides` (zeros between its pixels) and padded by `padding` ((before, after) per
+  axis), OH = (H - 1) * stride + before + after - KH + 2.
+
+  On CPU it runs through oneDNN where `conv_general_dilated` would (`onednn.conv_transpose`: the input gradient
+  of a strided convolution, computed without the zeros); elsewhere it is `lax.conv_general_dilated` with
+  `lhs_dilation`, whose CPU kernels multiply every inserted zero.
+  """
+  if _fast_paths_enabled() and _onednn_allowed(x):
+    if (window := onednn.conv_transpose_window(x, kernel, strides, padding)) is not None:
+      return onednn.conv_transpose(x, kernel, window[0], *window[1])
+  return jax.lax.conv_general_dilated(x, jnp.flip(kernel, axis=(0, 1)), window_strides=(1, 1),
+                                      padding=(padding[0], padding[1]), lhs_dilation=strides,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
 
 # Rows (images x output pixels) per chunk of the kernel-gradient sum, and the smallest in x out channels for
 # which chunking wins on CPU (docs/performance.md, "conv dW").
