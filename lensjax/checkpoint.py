@@ -244,13 +244,13 @@ class Checkpoints:
     except CheckpointError:
       raise
     except Exception as error:  # pylint: disable=broad-except  # Orbax/TensorStore raise many types
-      _silence_abandoned_reads()
       raise CheckpointError(f"checkpoint {self.step_path(step)} {_restore_failure(error)}: it is damaged, or of "
                             "another model; use another step") from error
 
   def _restore_checked(self, step: int, target: Any, data_iterator: grain.DatasetIterator | None) -> Restored:
     items = {"state": ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore(),
              "config": ocp.args.JsonRestore()}
+    _silence_abandoned_reads()
     if data_iterator is not None:
       items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
@@ -382,18 +382,36 @@ def _restore_failure(error: BaseException) -> str:
 
 
 def _silence_abandoned_reads() -> None:
-  """Drops the 'Event loop is closed' errors of a failed restore's other reads, which finish after Orbax has
-  closed their event loop and would otherwise bury the one line that says what failed under a traceback each."""
-  previous = sys.unraisablehook     # TensorStore reports its callbacks' errors as unraisable
-  if getattr(previous, "drops_abandoned_reads", False):
-    return                           # installed by an earlier failed restore of this process
+  """Drops the 'Event loop is closed' errors of a failed restore's other reads.
 
-  def hook(unraisable):
-    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
-      previous(unraisable)
+  When one read fails, Orbax closes the restore's event loop while TensorStore still has reads in flight; as
+  each finishes, TensorStore's own thread calls `loop.call_soon_threadsafe`, which raises, and reports it
+  through `sys.unraisablehook` or `PyErr_Print` (that is, `sys.excepthook`). Each would print a traceback
+  under the one line that says what failed. Installed before every restore (a failure's reads can finish
+  before the error reaches the caller); only errors raised by a native caller of `call_soon_threadsafe`
+  are dropped, everything else reaches the previous hooks.
+  """
+  previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+  if getattr(previous_unraisable, "drops_abandoned_reads", False):
+    return                           # installed by an earlier restore of this process
 
-  hook.drops_abandoned_reads = True
-  sys.unraisablehook = hook
+  def unraisable_hook(unraisable):
+    if not _is_abandoned_read(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback):
+      previous_unraisable(unraisable)
+
+  def except_hook(exc_type, exc_value, traceback):
+    if not _is_abandoned_read(exc_type, exc_value, traceback):
+      previous_except(exc_type, exc_value, traceback)
+
+  unraisable_hook.drops_abandoned_reads = except_hook.drops_abandoned_reads = True
+  sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
+
+
+def _is_abandoned_read(exc_type, exc_value, traceback) -> bool:
+  """True for asyncio's 'Event loop is closed' raised in `call_soon_threadsafe` called from native code
+  (the outermost frame of the traceback is `call_soon_threadsafe` itself: no Python code called it)."""
+  return (exc_type is RuntimeError and str(exc_value) == "Event loop is closed" and traceback is not None
+          and traceback.tb_frame.f_code.co_name == "call_soon_threadsafe")
 
 
 def _warn(message: str) -> None:

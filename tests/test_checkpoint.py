@@ -1,11 +1,13 @@
 """Checkpoints keep the newest and the best, restore exactly, skip broken steps; stop signals become a request."""
 
+import asyncio
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import types
 
 import grain
 import jax
@@ -168,6 +170,30 @@ def test_when_no_checkpoint_restores_nothing_is_moved(tmp_path):
       store.restore_latest(wrong)
   assert "\n" not in str(raised.value) and "step 1 does not restore" in str(raised.value)
   assert (directory / "1").is_dir()
+
+
+def test_only_the_closed_loop_errors_of_abandoned_reads_are_dropped(monkeypatch):
+  reported = []
+  monkeypatch.setattr(sys, "excepthook", lambda *exc: reported.append(("except", exc[1])))
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(("unraisable", u.exc_value)))
+  checkpoint._silence_abandoned_reads()  # pylint: disable=protected-access
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(print)
+  except RuntimeError as error:
+    closed = error
+  from_native = closed.__traceback__.tb_next     # as TensorStore's thread sees it: no Python caller
+  assert from_native.tb_frame.f_code.co_name == "call_soon_threadsafe"
+  sys.excepthook(RuntimeError, closed, from_native)
+  sys.unraisablehook(types.SimpleNamespace(exc_type=RuntimeError, exc_value=closed, exc_traceback=from_native))
+  assert not reported
+  # The same error from Python code, and any other error, still reach the previous hooks.
+  other = ValueError("Event loop is closed")
+  sys.excepthook(RuntimeError, closed, closed.__traceback__)
+  sys.excepthook(ValueError, other, from_native)
+  sys.unraisablehook(types.SimpleNamespace(exc_type=RuntimeError, exc_value=closed, exc_traceback=None))
+  assert reported == [("except", closed), ("except", other), ("unraisable", closed)]
 
 
 def test_bad_options_name_the_field(tmp_path):
