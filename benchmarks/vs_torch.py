@@ -4,6 +4,8 @@
   python -m benchmarks.vs_torch --parts isnet --repeats 5         # a quick look: IS-Net only, about 1.5 minutes
   python -m benchmarks.vs_torch --plain                           # lensjax without its CPU fast paths (the 'before')
   python -m benchmarks.vs_torch --no-onednn                       # the fast paths, with XLA's convolutions
+  python -m benchmarks.vs_torch --dtype bfloat16                  # mixed precision on both sides (AMX here)
+  python -m benchmarks.vs_torch --dtype bfloat16 --torch-dtype float32   # against the original's float32
 
 Parts (`--parts`, default all three):
   isnet          IS-Net 1 -> 1 at the original's shape: 128 px, batch 8, full width (44.0 M parameters); training
@@ -13,6 +15,10 @@ Parts (`--parts`, default all three):
   msrfnet        MSRF-Net, original wiring, 1 -> 1, 128 px, batch 4, its four losses and RMSprop
                  (`msrfnet_sim:lens`).
 Each part times a training step (`train`) and a forward pass in eval mode (`infer`; `--phases` picks).
+
+`--dtype bfloat16` is mixed precision: lensjax's `model.dtype` (float32 parameters, optimizer and losses;
+bfloat16 activations and convolutions) and, unless `--torch-dtype` says otherwise, PyTorch's own
+`torch.autocast("cpu", dtype=torch.bfloat16)` around the forward pass and the loss.
 
 The lensjax side is whatever `import lensjax` gives (the real jitted training step of
 `lensjax.train_step.compile_train_step` on the part's config, and a jitted eval-mode forward), run in this
@@ -99,8 +105,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                       help="trace lensjax without its CPU fast paths (`lensjax.models.layers.cpu_fast_paths`)")
   parser.add_argument("--no-onednn", action="store_true",
                       help="keep XLA's convolutions where oneDNN's would run (`cpu_fast_paths(..., onednn=False)`)")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="lensjax's compute dtype, config.model.dtype (default float32)")
+  parser.add_argument("--torch-dtype", default=None, choices=("float32", "bfloat16"),
+                      help="PyTorch's: bfloat16 = torch.autocast (default: as --dtype)")
   parser.add_argument("--out", default=None, help="record path (default runs/benchmarks/vs_torch-*.json)")
   args = parser.parse_args(argv)
+  args.torch_dtype = args.torch_dtype or args.dtype
   args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
   args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
   if not args.parts or set(args.parts) - set(PARTS):
@@ -137,13 +148,15 @@ def nchw(array: np.ndarray):
 # The two frameworks
 
 
-def lensjax_calls(part: Part, batch: dict[str, np.ndarray], phases: Sequence[str], plain: bool) -> dict[str, Any]:
-  """lensjax's compiled `phases` (training step, eval-mode forward) on `batch`: {phase: (call, flops, compile_s)}
-  and the parameter count. `plain`: the programs are traced without the CPU fast paths (their own FLOPs count)."""
+def lensjax_calls(part: Part, batch: dict[str, np.ndarray], phases: Sequence[str], plain: bool,
+                  dtype: str = "float32") -> dict[str, Any]:
+  """lensjax's compiled `phases` (training step, eval-mode forward) on `batch` with compute dtype `dtype`:
+  {phase: (call, flops, compile_s)} and the parameter count. `plain`: the programs are traced without the CPU
+  fast paths (their own FLOPs count)."""
   from lensjax import config as cfg
 
   config = cfg.load_module_config(part.config)
-  config.model.width, config.model.depth = part.width, part.depth
+  config.model.width, config.model.depth, config.model.dtype = part.width, part.depth, dtype
   config.train.batch_size = part.batch
   if part.out_channels != len(config.data.targets):
     raise ValueError(f"part {part.name}: config {part.config} has {len(config.data.targets)} targets, "
@@ -208,8 +221,10 @@ def _flops(compiled) -> float:
   return float(cost["flops"])
 
 
-def torch_calls(part: Part, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-  """The PyTorch network's training step (original loss and optimizer) and inference-mode forward."""
+def torch_calls(part: Part, batch: dict[str, np.ndarray], dtype: str = "float32") -> dict[str, Any]:
+  """The PyTorch network's training step (original loss and optimizer) and inference-mode forward; with `dtype`
+  bfloat16, the forward passes and the loss run under `torch.autocast` (float32 parameters and optimizer)."""
+  import contextlib
   import torch
   import torch.nn.functional as F
   from benchmarks import torch_models
@@ -240,15 +255,19 @@ def torch_calls(part: Part, batch: dict[str, np.ndarray]) -> dict[str, Any]:
       return 2 * seg_loss(x) + F.binary_cross_entropy_with_logits(edge_out, mask_edge) + seg_loss(pred2) \
           + seg_loss(pred4)
 
+  autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" else contextlib.nullcontext
+
   def train_once():
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss_fn(model(*inputs)).backward()
+    with autocast():
+      loss = loss_fn(model(*inputs))
+    loss.backward()
     optimizer.step()
 
   def infer_once():
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast():
       model(*inputs)
 
   return {"parameters": sum(p.numel() for p in model.parameters()), "train": train_once, "infer": infer_once}
@@ -259,7 +278,7 @@ def _torch_worker(connection, threads: int) -> None:
 
   Requests (tuples) and replies ("ok", value) or ("error", traceback):
     ("start",)        -> {"pid", "torch" (version), "threads", "matmul_flops_per_s"}
-    ("build", part)   -> the parameter count of the part's network, built on `random_batch(part)`
+    ("build", part, dtype) -> the parameter count of the part's network in `dtype`, built on `random_batch(part)`
     ("call", phase)   -> wall seconds of one call of the built network's phase
     ("close",)        -> no reply; the process ends
   """
@@ -272,9 +291,9 @@ def _torch_worker(connection, threads: int) -> None:
     return {"pid": os.getpid(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "matmul_flops_per_s": matmul_flops_per_s(lambda: a @ a)}
 
-  def build(part: Part):
+  def build(part: Part, dtype: str):
     calls.clear()                    # the previous part's network goes before the next is built
-    calls.update(torch_calls(part, random_batch(part)))
+    calls.update(torch_calls(part, random_batch(part), dtype))
     return calls["parameters"]
 
   handlers = {"start": start, "build": build, "call": lambda phase: _seconds(calls[phase])}
@@ -404,8 +423,8 @@ def jax_cores() -> int:
 
 def measure_part(part: Part, phases: list[str], args: argparse.Namespace, probes: dict[str, float],
                  torch_process: TorchProcess) -> list[dict]:
-  torch_parameters = torch_process.request("build", part)
-  lensjax_side = lensjax_calls(part, random_batch(part), phases, plain=args.plain)
+  torch_parameters = torch_process.request("build", part, args.torch_dtype)
+  lensjax_side = lensjax_calls(part, random_batch(part), phases, plain=args.plain, dtype=args.dtype)
   if torch_parameters != lensjax_side["parameters"]:
     raise AssertionError(f"part {part.name}: the PyTorch network has {torch_parameters:,} parameters, "
                          f"lensjax's {lensjax_side['parameters']:,}: they are not the same network")
@@ -414,7 +433,8 @@ def measure_part(part: Part, phases: list[str], args: argparse.Namespace, probes
     lensjax_call, flops, compile_s = lensjax_side[phase]
     torch_s, lensjax_s = interleaved(lambda: torch_process.request("call", phase), lambda: _seconds(lensjax_call),
                                      args.repeats, args.warmup)
-    row = {"part": part.name, "phase": phase, **dataclasses.asdict(part), "parameters": lensjax_side["parameters"],
+    row = {"part": part.name, "phase": phase, **dataclasses.asdict(part), "lensjax_dtype": args.dtype,
+           "torch_dtype": args.torch_dtype, "parameters": lensjax_side["parameters"],
            "flops_per_call": flops, "lensjax_compile_s": compile_s}
     for name, seconds, probe in (("torch", torch_s, probes["torch_flops_per_s"]),
                                  ("lensjax", lensjax_s, probes["lensjax_flops_per_s"])):
@@ -431,7 +451,9 @@ def measure_part(part: Part, phases: list[str], args: argparse.Namespace, probes
 def row_line(row: dict[str, Any]) -> str:
   t, j = row["torch"], row["lensjax"]
   spread = lambda s: f"{s['median']:.3f} s ({s['p10']:.3f}-{s['p90']:.3f})"
-  return (f"| {row['part']} {row['phase']} (batch {row['batch']}, {row['size']} px, width {row['width']:g}) "
+  dtypes = "" if row["lensjax_dtype"] == row["torch_dtype"] == "float32" else \
+      f", torch {row['torch_dtype']}, lensjax {row['lensjax_dtype']}"
+  return (f"| {row['part']} {row['phase']} (batch {row['batch']}, {row['size']} px, width {row['width']:g}{dtypes}) "
           f"| {spread(t['seconds'])}, {t['flops_per_s'] / 1e9:.0f} GFLOP/s "
           f"| {spread(j['seconds'])}, {j['flops_per_s'] / 1e9:.0f} GFLOP/s | {row['speedup']:.2f}x |")
 

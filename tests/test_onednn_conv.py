@@ -108,6 +108,41 @@ def test_a_transposed_convolution_and_its_gradients_match_xlas(shape, kernel, st
   _assert_close(dx, plain_dx, "input gradient")
   _assert_close(dw, plain_dw, "kernel gradient")
 
+# bfloat16 operands (model.dtype=bfloat16): oneDNN's native kernels where the CPU has them, XLA's elsewhere. Both
+# accumulate in float32 and round the result to bfloat16: each is checked against the float32 computation on the
+# same bfloat16 values, to the rounding of the result.
+@pytest.mark.parametrize("case", ["conv 3x3", "conv 3x3 dilation 2 stride 2", "transposed 3x3 stride 2"])
+def test_bfloat16_convolutions_round_the_float32_result(case):
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((2, 12, 10, 16)), jnp.bfloat16)
+  w = jnp.asarray(rng.standard_normal((3, 3, 16, 8)) * 0.2, jnp.bfloat16)
+  if case.startswith("transposed"):
+    conv = lambda x, w: conv_transpose(x, w, (2, 2), ((2, 1), (2, 1)))
+    call = "lensjax_onednn_conv_backward_data"
+  else:
+    stride, dilation = (2, 2) if "stride 2" in case else (1, 1)
+    conv = lambda x, w: conv_general_dilated(x, w, (stride, stride), "SAME", rhs_dilation=(dilation, dilation),
+                                             dimension_numbers=NHWC)
+    call = ONEDNN_CALL
+  def value_and_grads(x, w):            # as _value_and_grads, with projection weights of bfloat16 values
+    out = conv(x, w)
+    weights = jax.random.normal(jax.random.key(7), out.shape).astype(jnp.bfloat16).astype(out.dtype)
+    return out, jax.grad(lambda x, w: jnp.sum(conv(x, w) * weights), argnums=(0, 1))(x, w)
+
+  step = jax.jit(value_and_grads)
+  native = _onednn_expected() and jnp.dtype(jnp.bfloat16) in onednn.dtypes()
+  assert (call in step.lower(x, w).as_text()) == native
+  out, grads = step(x, w)
+  with cpu_fast_paths(False):
+    reference = jax.jit(value_and_grads)(x.astype(jnp.float32), w.astype(jnp.float32))
+  for what, actual, expected in zip(("output", "input gradient", "kernel gradient"), (out, *grads),
+                                    (reference[0], *reference[1])):
+    assert actual.dtype == jnp.bfloat16 and actual.shape == expected.shape, what
+    scale = float(jnp.abs(expected).max())
+    np.testing.assert_allclose(np.asarray(actual, np.float32), expected, rtol=2.0 ** -8, atol=1e-5 * scale,
+                               err_msg=what)
+
+
 def test_a_vmapped_convolution_matches_xlas():
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal((3, 2, 6, 6, 2)), jnp.float32)

@@ -1,7 +1,7 @@
 """Native oneDNN convolutions on CPU through `jax.ffi` (docs/cpu-speed.md, "oneDNN convolutions").
 
-`conv` is `jax.lax.conv_general_dilated` for float32 NHWC inputs and HWIO kernels whose forward pass, input
-gradient and kernel gradient are each one call into oneDNN: the handlers of `lensjax/models/onednn_conv.cc`, which
+`conv` is `jax.lax.conv_general_dilated` for float32 (or, where the CPU has native bfloat16, bfloat16) NHWC
+inputs and HWIO kernels whose forward pass, input gradient and kernel gradient are each one call into oneDNN: the handlers of `lensjax/models/onednn_conv.cc`, which
 `pip install -e .` builds as the optional extension `lensjax.models._onednn_conv`. `conv_transpose` is a transposed
 convolution (the input gradient of a strided convolution) through the same three handlers, roles swapped.
 `conv_window` and `conv_transpose_window` say whether a convolution can take this path; the layers of
@@ -30,8 +30,10 @@ logger = logging.getLogger(__name__)
 
 
 @functools.cache
-def _load() -> tuple[bool, str]:
-  """Loads the extension and registers its FFI targets, once per process: (loaded, what or why not)."""
+def _load() -> tuple[bool, str, bool]:
+  """Loads the extension and registers its FFI targets, once per process: (loaded, what or why not, whether
+  bfloat16 convolutions run natively)."""
+  native_bf16 = False
   if os.environ.get(ENV_SWITCH, "1") == "0":
     loaded, status = False, f"switched off by {ENV_SWITCH}=0"
   elif (spec := importlib.util.find_spec(EXTENSION)) is None or spec.origin is None:
@@ -41,6 +43,7 @@ def _load() -> tuple[bool, str]:
     try:
       library = ctypes.CDLL(spec.origin)
       threads = library.lensjax_onednn_threads()
+      native_bf16 = bool(library.lensjax_onednn_native_bf16())
       handlers = {name: jax.ffi.pycapsule(getattr(library, name)) for name in _TARGETS.values()}
     except (OSError, AttributeError) as error:     # not loadable (no libdnnl.so.3), or a stale build
       loaded, status = False, f"{spec.origin} does not load: {error}"
@@ -50,14 +53,22 @@ def _load() -> tuple[bool, str]:
       else:
         for name, handler in handlers.items():
           jax.ffi.register_ffi_target(name, handler, platform="cpu")
-        loaded, status = True, f"{spec.origin}, oneDNN on {threads} OpenMP threads"
+        loaded, status = True, (f"{spec.origin}, oneDNN on {threads} OpenMP threads, bfloat16 "
+                                + ("native" if native_bf16 else "not native (XLA's convolutions for it)"))
   logger.debug("oneDNN convolutions: %s%s", "" if loaded else "not used, XLA's instead: ", status)
-  return loaded, status
+  return loaded, status, loaded and native_bf16
 
 
 def available() -> bool:
   """Whether the oneDNN kernels are built, loaded and switched on in this process."""
   return _load()[0]
+
+
+def dtypes() -> tuple[jnp.dtype, ...]:
+  """The operand dtypes the kernels take in this process: float32, and bfloat16 where the CPU has native
+  bfloat16 (AVX-512 BF16 or AMX); none where they are not available."""
+  loaded, _, native_bf16 = _load()
+  return (jnp.dtype(jnp.float32),) * loaded + (jnp.dtype(jnp.bfloat16),) * native_bf16
 
 
 def status() -> str:
@@ -72,15 +83,15 @@ def conv_window(lhs: jax.Array, rhs: jax.Array, window_strides, padding, rhs_dil
                 dimension_numbers: jax.lax.ConvDimensionNumbers, precision) -> Window | None:
   """(strides, ((top, bottom), (left, right)) padding, dilation) for `conv`, or None where it does not apply.
 
-  It applies where the kernels are available, the process has a single device and the convolution is float32,
-  2-D, NHWC/HWIO, at default precision, with non-negative padding (explicit or a `lax` padding string) and a
+  It applies where the kernels are available, the process has a single device and the convolution is 2-D, of
+  one of `dtypes()` (both operands the same), NHWC/HWIO, at default precision, with non-negative padding (explicit or a `lax` padding string) and a
   non-empty output; grouped and input-dilated convolutions are the caller's to exclude. With several devices XLA
   would gather a batch-sharded operand onto every device before the call (it cannot split a foreign call), so
   data-parallel programs keep XLA's convolutions.
   """
   nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-  if (lhs.ndim != 4 or dimension_numbers != nhwc or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32
-      or precision is not None or jax.device_count() != 1 or not available()):
+  if (lhs.ndim != 4 or dimension_numbers != nhwc or lhs.dtype != rhs.dtype or lhs.dtype not in dtypes()
+      or precision is not None or jax.device_count() != 1):
     return None
   strides = tuple(int(s) for s in window_strides)
   dilation = (1, 1) if rhs_dilation is None else tuple(int(d) for d in rhs_dilation)
@@ -102,9 +113,9 @@ def _output_shape(x_shape, kernel_shape, strides, padding, dilation) -> tuple[in
 
 
 def _ffi(kind: str, shape, a: jax.Array, b: jax.Array, strides, padding, dilation) -> jax.Array:
-  """One oneDNN handler: `kind`'s float32 result of `shape` from operands a, b (see onednn_conv.cc)."""
+  """One oneDNN handler: `kind`'s result of `shape` from operands a, b of one dtype, in it (onednn_conv.cc)."""
   # vmap runs the handler once per mapped element: its operands are exactly 4-D.
-  call = jax.ffi.ffi_call(_TARGETS[kind], jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="sequential")
+  call = jax.ffi.ffi_call(_TARGETS[kind], jax.ShapeDtypeStruct(shape, a.dtype), vmap_method="sequential")
   return call(a, b, strides=np.asarray(strides, np.int64), dilation=np.asarray(dilation, np.int64),
               padding_low=np.asarray([low for low, _ in padding], np.int64),
               padding_high=np.asarray([high for _, high in padding], np.int64))
@@ -112,7 +123,8 @@ def _ffi(kind: str, shape, a: jax.Array, b: jax.Array, strides, padding, dilatio
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv(x: jax.Array, kernel: jax.Array, strides, padding, dilation) -> jax.Array:
-  """(N, H, W, I) float32 x (KH, KW, I, O) kernel -> (N, OH, OW, O), with the arguments `conv_window` returns."""
+  """(N, H, W, I) x (KH, KW, I, O) kernel -> (N, OH, OW, O) of their dtype, with the arguments `conv_window`
+  returns. In bfloat16, oneDNN accumulates in float32 and rounds the result, as XLA does."""
   return _ffi("forward", _output_shape(x.shape, kernel.shape, strides, padding, dilation), x, kernel, strides,
               padding, dilation)
 
@@ -157,7 +169,7 @@ def conv_transpose_window(x: jax.Array, kernel: jax.Array, strides: tuple[int, i
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def conv_transpose(x: jax.Array, kernel: jax.Array, out_spatial, strides, padding, dilation) -> jax.Array:
-  """(N, H, W, I) float32 x (KH, KW, I, O) kernel -> (N, *out_spatial, O): the input gradient of the forward
+  """(N, H, W, I) x (KH, KW, I, O) kernel -> (N, *out_spatial, O), of their dtype: the input gradient of the forward
   convolution (kernel (KH, KW, O, I)) with the arguments `conv_transpose_window` returns."""
   shape = (x.shape[0], *out_spatial, kernel.shape[3])
   return _ffi("backward_data", shape, x, jnp.swapaxes(kernel, 2, 3), strides, padding, dilation)

@@ -1,6 +1,7 @@
 // oneDNN 2-D convolutions for JAX on CPU, as XLA FFI handlers (docs/cpu-speed.md, "oneDNN convolutions").
 //
-// Three handlers, all float32 with plain row-major buffers at the boundary:
+// Three handlers, with plain row-major buffers at the boundary, all of one element type: float32, or bfloat16
+// (oneDNN accumulates in float32 and rounds the result; AMX or AVX-512 BF16 kernels where the CPU has them):
 //   lensjax_onednn_conv_forward          x (N, H, W, I), w (KH, KW, I, O)    -> y  (N, OH, OW, O)
 //   lensjax_onednn_conv_backward_data    dy (N, OH, OW, O), w (KH, KW, I, O) -> dx (N, H, W, I)
 //   lensjax_onednn_conv_backward_weights x (N, H, W, I), dy (N, OH, OW, O)  -> dw (KH, KW, I, O)
@@ -60,27 +61,28 @@ double TeamMinMacs(Kind kind) {
   return kind == Kind::kForward ? thresholds.first : thresholds.second;
 }
 
-// Everything that determines a primitive: the kind, NHWC input dims, HWIO kernel dims, output spatial dims and
-// the window attributes.
+// Everything that determines a primitive: the kind, NHWC input dims, HWIO kernel dims, output spatial dims, the
+// window attributes and the element type.
 using Key = std::tuple<int, std::vector<int64_t>>;
 
 struct Geometry {
   int64_t n, h, w, in, out, kh, kw, oh, ow;
   dnnl::memory::dims strides, dilation, padding_low, padding_high;  // oneDNN: dilation 0 = none
+  dnnl::memory::data_type type = dnnl::memory::data_type::f32;
 
   dnnl::memory::desc src(dnnl::memory::format_tag tag = dnnl::memory::format_tag::nhwc) const {
-    return {{n, in, h, w}, dnnl::memory::data_type::f32, tag};
+    return {{n, in, h, w}, type, tag};
   }
   dnnl::memory::desc dst(dnnl::memory::format_tag tag = dnnl::memory::format_tag::nhwc) const {
-    return {{n, out, oh, ow}, dnnl::memory::data_type::f32, tag};
+    return {{n, out, oh, ow}, type, tag};
   }
   dnnl::memory::desc weights(dnnl::memory::format_tag tag = dnnl::memory::format_tag::hwio) const {
-    return {{out, in, kh, kw}, dnnl::memory::data_type::f32, tag};
+    return {{out, in, kh, kw}, type, tag};
   }
   // Multiply-adds of the convolution (the same for its two gradients).
   double macs() const { return static_cast<double>(n) * oh * ow * in * out * kh * kw; }
   std::vector<int64_t> key() const {
-    std::vector<int64_t> k{n, h, w, in, out, kh, kw, oh, ow};
+    std::vector<int64_t> k{n, h, w, in, out, kh, kw, oh, ow, static_cast<int64_t>(type)};
     for (const auto* v : {&strides, &dilation, &padding_low, &padding_high}) k.insert(k.end(), v->begin(), v->end());
     return k;
   }
@@ -160,6 +162,15 @@ const Entry& Lookup(Kind kind, const Geometry& g) {
   auto found = cache.find(key);
   if (found == cache.end()) found = cache.emplace(key, std::make_unique<Entry>(Build(kind, g))).first;
   return *found->second;
+}
+
+// The oneDNN element type of three buffers of one type, float32 or bfloat16.
+ffi::Error ElementType(ffi::DataType a, ffi::DataType b, ffi::DataType c, dnnl::memory::data_type* type) {
+  if (a != b || a != c || (a != ffi::DataType::F32 && a != ffi::DataType::BF16)) {
+    return ffi::Error::InvalidArgument("onednn conv: expected three float32 or three bfloat16 buffers");
+  }
+  *type = a == ffi::DataType::F32 ? dnnl::memory::data_type::f32 : dnnl::memory::data_type::bf16;
+  return ffi::Error::Success();
 }
 
 ffi::Error MakeGeometry(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> w_dims,
@@ -262,37 +273,44 @@ ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+// The geometry of a call from its NHWC input, HWIO kernel and NHWC output buffers (whichever of them are the
+// operands and which the result) and the window attributes.
+ffi::Error CallGeometry(const ffi::AnyBuffer& x, const ffi::AnyBuffer& w, const ffi::AnyBuffer& y,
+                        ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
+                        ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> padding_high, Geometry* g) {
+  if (auto error = MakeGeometry(x.dimensions(), w.dimensions(), y.dimensions(), strides, dilation, padding_low,
+                                padding_high, g);
+      error.failure()) {
+    return error;
+  }
+  return ElementType(x.element_type(), w.element_type(), y.element_type(), &g->type);
+}
+
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
                    ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> padding_high) {
   Geometry g;
-  if (auto error = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, dilation, padding_low,
-                                padding_high, &g);
-      error.failure()) {
+  if (auto error = CallGeometry(x, w, *y, strides, dilation, padding_low, padding_high, &g); error.failure()) {
     return error;
   }
   return Run(Kind::kForward, g, x.untyped_data(), w.untyped_data(), y->untyped_data());
 }
 
-ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
+ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
                         ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
                         ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> padding_high) {
   Geometry g;
-  if (auto error = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, dilation, padding_low,
-                                padding_high, &g);
-      error.failure()) {
+  if (auto error = CallGeometry(*dx, w, dy, strides, dilation, padding_low, padding_high, &g); error.failure()) {
     return error;
   }
   return Run(Kind::kBackwardData, g, dx->untyped_data(), w.untyped_data(), dy.untyped_data());
 }
 
-ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
+ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
                            ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
                            ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> padding_high) {
   Geometry g;
-  if (auto error = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, dilation, padding_low,
-                                padding_high, &g);
-      error.failure()) {
+  if (auto error = CallGeometry(x, *dw, dy, strides, dilation, padding_low, padding_high, &g); error.failure()) {
     return error;
   }
   return Run(Kind::kBackwardWeights, g, x.untyped_data(), dw->untyped_data(), dy.untyped_data());
@@ -311,12 +329,25 @@ extern "C" int lensjax_onednn_threads() {
   return omp_get_max_threads();
 }
 
+// Whether this CPU runs bfloat16 convolutions natively (AVX-512 BF16 or AMX; elsewhere oneDNN would emulate them
+// slowly or have no kernel): 1 or 0. The Python side then keeps XLA's convolutions for bfloat16 operands.
+extern "C" int lensjax_onednn_native_bf16() {
+  try {
+    // The ISA values are bit masks, each containing those it extends (AMX ones contain AVX-512 BF16).
+    const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+    const auto bf16 = static_cast<unsigned>(dnnl::cpu_isa::avx512_core_bf16);
+    return (isa & bf16) == bf16 ? 1 : 0;
+  } catch (const dnnl::error&) {
+    return 0;
+  }
+}
+
 #define LENSJAX_ONEDNN_HANDLER(name, function)                                                          \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(name, function,                                                         \
                                 ffi::Ffi::Bind()                                                        \
-                                    .Arg<ffi::Buffer<ffi::F32>>()                                       \
-                                    .Arg<ffi::Buffer<ffi::F32>>()                                       \
-                                    .Ret<ffi::Buffer<ffi::F32>>()                                       \
+                                    .Arg<ffi::AnyBuffer>()                                              \
+                                    .Arg<ffi::AnyBuffer>()                                              \
+                                    .Ret<ffi::AnyBuffer>()                                              \
                                     .Attr<ffi::Span<const int64_t>>("strides")                          \
                                     .Attr<ffi::Span<const int64_t>>("dilation")                         \
                                     .Attr<ffi::Span<const int64_t>>("padding_low")                      \
