@@ -1,7 +1,8 @@
 """Native oneDNN convolutions on CPU through `jax.ffi` (docs/cpu-speed.md, "oneDNN convolutions").
 
 `conv` is `jax.lax.conv_general_dilated` for float32 (or, where the CPU has native bfloat16, bfloat16) NHWC
-inputs and HWIO kernels whose forward pass, input gradient and kernel gradient are each one call into oneDNN: the handlers of `lensjax/models/onednn_conv.cc`, which
+inputs and HWIO kernels whose forward pass, input gradient and kernel gradient are each one call into oneDNN:
+the handlers of `lensjax/models/onednn_conv.cc`, which
 `pip install -e .` builds as the optional extension `lensjax.models._onednn_conv`. `conv_transpose` is a transposed
 convolution (the input gradient of a strided convolution) through the same three handlers, roles swapped.
 `conv_window` and `conv_transpose_window` say whether a convolution can take this path; the layers of
@@ -84,7 +85,8 @@ def conv_window(lhs: jax.Array, rhs: jax.Array, window_strides, padding, rhs_dil
   """(strides, ((top, bottom), (left, right)) padding, dilation) for `conv`, or None where it does not apply.
 
   It applies where the kernels are available, the process has a single device and the convolution is 2-D, of
-  one of `dtypes()` (both operands the same), NHWC/HWIO, at default precision, with non-negative padding (explicit or a `lax` padding string) and a
+  one of `dtypes()` (both operands the same), NHWC/HWIO, at default precision, with non-negative padding
+  (explicit or a `lax` padding string) and a
   non-empty output; grouped and input-dilated convolutions are the caller's to exclude. With several devices XLA
   would gather a batch-sharded operand onto every device before the call (it cannot split a foreign call), so
   data-parallel programs keep XLA's convolutions.
