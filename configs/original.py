@@ -68,7 +68,7 @@ def get_config(arg: str = "isnet_arcs") -> cfg.Config:
       config.model.width, config.model.depth = 0.25, 4
       config.optim.schedule, config.optim.warmup_steps = "warmup_cosine", 200
       config.optim.grad_clip_norm = 1.0
-      config.train.num_steps = 9_000                # about 30 min on 2 cores (3,000 steps: docs/results.md)
+      config.train.num_steps = 18_000               # about 48 min on 2 cores (3,000, 9,000: docs/results.md)
       config.train.eval_every = config.checkpoint.every_steps = 1_000
       config.train.early_stop_evals = 4
   else:

@@ -258,23 +258,32 @@ def original_protocol(config: cfg.Config, result: evaluation.Evaluation) -> list
   IS-Net rows: per-image scores of the min-max normalised map at 0.5, averaged over the test images; for the
   arcs over the lenses only, as the original. MSRF-Net rows: per-image Dice (empty vs empty = 1) and global IoU,
   precision and recall over every image. Each row holds `lensjax`, `original` and `difference` (lensjax minus
-  original) dicts of Dice, mIoU, precision and recall, and the number of `images` averaged over.
+  original) dicts of Dice, mIoU, precision and recall, and the number of `images` averaged over; and
+  `other_definitions`: the same maps scored under the other network's row of the same dataset (`network`,
+  `images`, `lensjax`), so that the two networks can be compared under one definition.
   """
   network, rows = config.model.name, []
   for k, target in enumerate(config.data.targets):
     dataset = original_dataset(config, target)
     if (network, dataset) not in metrics.ORIGINAL_TABLE:
       continue
-    include = None
-    if network == "isnet" and target == "arcs" and "is_lens" in result.per_image:
-      include = result.per_image["is_lens"] > 0.5
-    scores = metrics.original_row_scores(network, result.maps["probabilities"][..., k], result.maps["mask"][..., k],
-                                         include)
+
+    def scores_under(definitions: str) -> tuple[int, dict[str, float]]:
+      include = None
+      if definitions == "isnet" and target == "arcs" and "is_lens" in result.per_image:
+        include = result.per_image["is_lens"] > 0.5
+      images = int(result.maps["mask"].shape[0] if include is None else np.sum(include))
+      return images, metrics.original_row_scores(definitions, result.maps["probabilities"][..., k],
+                                                 result.maps["mask"][..., k], include)
+
+    images, scores = scores_under(network)
+    other = next(name for name in NETWORK_TITLES if name != network)
+    other_images, other_scores = scores_under(other)
     original = metrics.ORIGINAL_TABLE[(network, dataset)]
-    rows.append({"network": network, "dataset": dataset, "target": target,
-                 "images": int(result.maps["mask"].shape[0] if include is None else np.sum(include)),
+    rows.append({"network": network, "dataset": dataset, "target": target, "images": images,
                  "lensjax": scores, "original": original,
-                 "difference": {name: scores[name] - original[name] for name in original}})
+                 "difference": {name: scores[name] - original[name] for name in original},
+                 "other_definitions": {"network": other, "images": other_images, "lensjax": other_scores}})
   if not rows:
     raise ValueError(f"--protocol original: the original's table has no row for model {network!r} with targets "
                      f"{', '.join(config.data.targets)} on {config.data.source} data; its rows are "
@@ -369,12 +378,18 @@ def original_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
     lines.append(_row([*name, "lensjax", *(f"{row['lensjax'][k]:.4f}" for k, _ in ORIGINAL_COLUMNS)]))
     lines.append(_row(["", "", "original", *(f"{row['original'][k]:.4f}" for k, _ in ORIGINAL_COLUMNS)]))
     lines.append(_row(["", "", "difference", *(f"{row['difference'][k]:+.4f}" for k, _ in ORIGINAL_COLUMNS)]))
+    other = row["other_definitions"]
+    lines.append(_row(["", "", f"lensjax, {NETWORK_TITLES[other['network']]}'s definitions",
+                       *(f"{other['lensjax'][k]:.4f}" for k, _ in ORIGINAL_COLUMNS)]))
   lines.append("")
   for row in rows:
     lines.append(f"{DATASET_TITLES.get(row['dataset'], row['dataset'])}, "
                  f"{NETWORK_TITLES.get(row['network'], row['network'])}: over {row['images']} images"
                  + (" (the lenses only, as the original)" if row["network"] == "isnet" and row["target"] == "arcs"
                     else "") + f"; {ORIGINAL_DEFINITIONS[row['network']]}.")
+  lines.append("The last line of each row scores the same maps under the other network's row of the same dataset "
+               "(over every image, or the lenses only for IS-Net's arcs), to compare the two networks under one "
+               "definition.")
   return lines + [""]
 
 

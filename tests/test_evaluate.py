@@ -72,9 +72,17 @@ def test_the_original_protocol_puts_each_row_beside_the_originals_number_on_a_ha
   # Over every image, the lens row's mIoU is the per-image min-max IoU the evaluation step computes on the
   # devices (metrics.batch_sums): two implementations of the original's rule.
   assert rows["lens"]["lensjax"]["miou"] == pytest.approx(report["metrics"]["orig_miou/lens"], abs=1e-5)
+  # Under MSRF-Net's definitions the mIoU is the global foreground IoU at 0.5 over every image: lensjax's IoU.
+  for target, row in rows.items():
+    assert row["other_definitions"]["network"] == "msrfnet"
+    assert row["other_definitions"]["images"] == report["images"]
+    assert row["other_definitions"]["lensjax"]["miou"] == pytest.approx(report["metrics"][f"iou/{target}"],
+                                                                         abs=1e-5)
   table = out.with_suffix(".md").read_text()
   lens_row = next(line for line in table.splitlines() if line.startswith("| lenses | IS-Net | lensjax |"))
   assert lens_row.split("|")[5].strip() == f"{rows['lens']['lensjax']['miou']:.4f}"
+  other_row = next(line for line in table.splitlines() if "lensjax, MSRF-Net's definitions" in line)
+  assert other_row.split("|")[5].strip() == f"{rows['lens']['other_definitions']['lensjax']['miou']:.4f}"
   assert "| | | original | 0.9602 | 0.9547 | 0.9642 | 0.9704 |" in table.replace("|  |  |", "| | |")
   for figure in ("_hardest.png", "_iou.png"):
     assert out.with_name(out.name + figure).stat().st_size > 10_000
