@@ -6,6 +6,7 @@
   python -m benchmarks.vs_torch --no-onednn                       # the fast paths, with XLA's convolutions
   python -m benchmarks.vs_torch --dtype bfloat16                  # mixed precision on both sides (AMX here)
   python -m benchmarks.vs_torch --dtype bfloat16 --torch-dtype float32   # against the original's float32
+  python -m benchmarks.vs_torch --parts msrfnet --baseline keras  # MSRF-Net against Keras, as the original ran it
 
 Parts (`--parts`, default all three):
   isnet          IS-Net 1 -> 1 at the original's shape: 128 px, batch 8, full width (44.0 M parameters); training
@@ -16,6 +17,12 @@ Parts (`--parts`, default all three):
                  (`msrfnet_sim:lens`).
 Each part times a training step (`train`) and a forward pass in eval mode (`infer`; `--phases` picks).
 
+`--baseline keras` (MSRF-Net only; `pip install -e ".[keras]"`) times the Keras MSRF-Net of
+`benchmarks/keras_models.py` on TensorFlow instead of PyTorch's: the framework the original trained MSRF-Net in,
+with its `train_on_batch` (the original's losses and RMSprop, a compiled TensorFlow graph) and
+`predict_on_batch`, TensorFlow's intra- and inter-op thread pools at the cores JAX uses. Rows and the record then
+say `keras` where they say `torch`.
+
 `--dtype bfloat16` is mixed precision: lensjax's `model.dtype` (float32 parameters, optimizer and losses;
 bfloat16 activations and convolutions) and, unless `--torch-dtype` says otherwise, PyTorch's own
 `torch.autocast("cpu", dtype=torch.bfloat16)` around the forward pass and the loss.
@@ -24,7 +31,7 @@ The lensjax side is whatever `import lensjax` gives (the real jitted training st
 `lensjax.train_step.compile_train_step` on the part's config, and a jitted eval-mode forward), run in this
 process; the PyTorch side is the independent networks of `benchmarks/torch_models.py` in eager mode, NCHW, with
 `torch.set_num_threads` equal to the cores JAX uses (the cores this process may run on), the original's loss and
-optimizer, run in a child process of its own (`TorchProcess`), so that the two frameworks' thread pools (XLA's,
+optimizer, run in a child process of its own (`BaselineProcess`), so that the two frameworks' thread pools (XLA's,
 PyTorch's OpenMP, and the OpenMP runtime of lensjax's oneDNN convolutions) never share a process: in one process
 PyTorch ran 1.3-3x slower once oneDNN had run. Both get the same random batch. The child builds its network once
 per part and, on request, runs one call and sends back its seconds; this process alternates those requests with
@@ -63,6 +70,8 @@ from lensjax import cli
 
 SCHEMA = "lensjax.vs_torch/1"
 PARTS = ("isnet", "isnet_default", "msrfnet")
+BASELINES = ("torch", "keras")
+BASELINE_TITLES = {"torch": "PyTorch", "keras": "Keras"}
 PHASES = ("train", "infer")
 CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
 
@@ -108,7 +117,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                       help="lensjax's compute dtype, config.model.dtype (default float32)")
   parser.add_argument("--torch-dtype", default=None, choices=("float32", "bfloat16"),
-                      help="PyTorch's: bfloat16 = torch.autocast (default: as --dtype)")
+                      help="the baseline's: bfloat16 = torch.autocast or Keras's mixed_bfloat16 policy "
+                           "(default: as --dtype)")
+  parser.add_argument("--baseline", default="torch", choices=BASELINES,
+                      help="the framework lensjax runs against: torch (default) or keras (MSRF-Net only)")
   parser.add_argument("--out", default=None, help="record path (default runs/benchmarks/vs_torch-*.json)")
   args = parser.parse_args(argv)
   args.torch_dtype = args.torch_dtype or args.dtype
@@ -120,6 +132,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.error(f"--phases={','.join(args.phases)}: choose from {', '.join(PHASES)}")
   if args.repeats < 1 or args.warmup < 1:
     parser.error("--repeats and --warmup must be at least 1")
+  if args.baseline == "keras" and args.parts != ["msrfnet"]:
+    parser.error("--baseline keras: the original ran only MSRF-Net in Keras; add --parts msrfnet")
   if args.image_size is not None and (args.image_size < 8 or args.image_size % 8):
     parser.error(f"--image-size={args.image_size}: MSRF-Net needs a multiple of 8")
   return args
@@ -273,27 +287,65 @@ def torch_calls(part: Part, batch: dict[str, np.ndarray], dtype: str = "float32"
   return {"parameters": sum(p.numel() for p in model.parameters()), "train": train_once, "infer": infer_once}
 
 
-def _torch_worker(connection, threads: int) -> None:
-  """The child process of `TorchProcess`: answers requests until told to close or until the parent is gone.
+def keras_calls(part: Part, batch: dict[str, np.ndarray], dtype: str = "float32") -> dict[str, Any]:
+  """The Keras MSRF-Net's training step (`train_on_batch`: the original's losses, weights and RMSprop) and its
+  `predict_on_batch`; with `dtype` bfloat16 under Keras's mixed_bfloat16 policy (float32 variables)."""
+  import keras
+  from benchmarks import keras_models
+
+  if part.model != "msrfnet":
+    raise ValueError(f"part {part.name}: the Keras baseline is MSRF-Net's only")
+  keras.utils.set_random_seed(0)
+  keras.mixed_precision.set_global_policy("mixed_bfloat16" if dtype == "bfloat16" else "float32")
+  model = keras_models.msrfnet(part.size, part.in_channels, part.out_channels, width=part.width)
+  model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=1e-4, rho=0.9, momentum=0.9, epsilon=1e-7),
+                loss={"x": keras_models.seg_loss, "edge_out": "binary_crossentropy", "pred2": keras_models.seg_loss,
+                      "pred4": keras_models.seg_loss},
+                loss_weights={"x": 2.0, "edge_out": 1.0, "pred2": 1.0, "pred4": 1.0})
+  inputs = [batch["image"], batch["edge"]]
+  targets = {"x": batch["mask"], "edge_out": batch["mask_edge"], "pred2": batch["mask"], "pred4": batch["mask"]}
+  return {"parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+          "train": lambda: model.train_on_batch(inputs, targets),
+          "infer": lambda: model.predict_on_batch(inputs)}
+
+
+def _framework_start(framework: str, threads: int) -> dict[str, Any]:
+  """Sets the baseline framework's threads; its version, threads and float32 matmul probe."""
+  a = np.random.default_rng(0).random((PROBE_SIZE, PROBE_SIZE), dtype=np.float32)
+  if framework == "torch":
+    import torch
+    torch.set_num_threads(threads)
+    t = torch.from_numpy(a)
+    return {"version": torch.__version__, "threads": torch.get_num_threads(),
+            "matmul_flops_per_s": matmul_flops_per_s(lambda: t @ t)}
+  import keras
+  import tensorflow as tf
+  tf.config.threading.set_intra_op_parallelism_threads(threads)
+  tf.config.threading.set_inter_op_parallelism_threads(threads)
+  t = tf.constant(a)
+  return {"version": f"tensorflow {tf.__version__}, keras {keras.__version__}",
+          "threads": tf.config.threading.get_intra_op_parallelism_threads(),
+          "matmul_flops_per_s": matmul_flops_per_s(lambda: tf.linalg.matmul(t, t).numpy())}
+
+
+def _baseline_worker(connection, framework: str, threads: int) -> None:
+  """The child process of `BaselineProcess`: answers requests until told to close or until the parent is gone.
 
   Requests (tuples) and replies ("ok", value) or ("error", traceback):
-    ("start",)        -> {"pid", "torch" (version), "threads", "matmul_flops_per_s"}
+    ("start",)        -> {"pid", "version" (of the framework), "threads", "matmul_flops_per_s"}
     ("build", part, dtype) -> the parameter count of the part's network in `dtype`, built on `random_batch(part)`
     ("call", phase)   -> wall seconds of one call of the built network's phase
     ("close",)        -> no reply; the process ends
   """
-  import torch
-  torch.set_num_threads(threads)
   calls: dict[str, Any] = {}
+  network_calls = torch_calls if framework == "torch" else keras_calls
 
   def start():
-    a = torch.from_numpy(np.random.default_rng(0).random((PROBE_SIZE, PROBE_SIZE), dtype=np.float32))
-    return {"pid": os.getpid(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "matmul_flops_per_s": matmul_flops_per_s(lambda: a @ a)}
+    return {"pid": os.getpid(), **_framework_start(framework, threads)}
 
   def build(part: Part, dtype: str):
     calls.clear()                    # the previous part's network goes before the next is built
-    calls.update(torch_calls(part, random_batch(part), dtype))
+    calls.update(network_calls(part, random_batch(part), dtype))
     return calls["parameters"]
 
   handlers = {"start": start, "build": build, "call": lambda phase: _seconds(calls[phase])}
@@ -315,17 +367,17 @@ def _torch_worker(connection, threads: int) -> None:
         return
 
 
-class TorchProcess:
-  """PyTorch in a child process of its own ('spawn': a fresh interpreter that never imports JAX's runtime or
-  lensjax's oneDNN), on `threads` threads, answering one request at a time (`_torch_worker`). Use it as a context
-  manager: leaving the block ends the child, at once when the block raised. The child also ends by itself when
-  this process ends (its end of the pipe closes)."""
+class BaselineProcess:
+  """The baseline framework (`framework`: 'torch' or 'keras') in a child process of its own ('spawn': a fresh
+  interpreter that never imports JAX's runtime or lensjax's oneDNN), on `threads` threads, answering one request
+  at a time (`_baseline_worker`). Use it as a context manager: leaving the block ends the child, at once when the
+  block raised. The child also ends by itself when this process ends (its end of the pipe closes)."""
 
-  def __init__(self, threads: int):
+  def __init__(self, threads: int, framework: str = "torch"):
     context = multiprocessing.get_context("spawn")
     self._connection, child_end = context.Pipe()
-    self._process = context.Process(target=_torch_worker, args=(child_end, threads), name="vs_torch-pytorch",
-                                    daemon=True)
+    self._process = context.Process(target=_baseline_worker, args=(child_end, framework, threads),
+                                    name=f"vs_torch-{framework}", daemon=True)
     self._process.start()
     child_end.close()
 
@@ -340,10 +392,10 @@ class TorchProcess:
       status, value = self._connection.recv()
     except (EOFError, OSError) as error:
       self._process.join(timeout=10)
-      raise RuntimeError(f"the PyTorch process (pid {self.pid}) ended during {message[0]!r} with exit code "
+      raise RuntimeError(f"the baseline process (pid {self.pid}) ended during {message[0]!r} with exit code "
                          f"{self._process.exitcode}") from error
     if status == "error":
-      raise RuntimeError(f"the PyTorch process failed during {message[0]!r}:\n{value}")
+      raise RuntimeError(f"the baseline process failed during {message[0]!r}:\n{value}")
     return value
 
   def close(self, wait: bool = True) -> None:
@@ -359,7 +411,7 @@ class TorchProcess:
       self._process.join()
     self._connection.close()
 
-  def __enter__(self) -> TorchProcess:
+  def __enter__(self) -> BaselineProcess:
     return self
 
   def __exit__(self, exc_type, exc, tb) -> None:
@@ -422,37 +474,38 @@ def jax_cores() -> int:
 
 
 def measure_part(part: Part, phases: list[str], args: argparse.Namespace, probes: dict[str, float],
-                 torch_process: TorchProcess) -> list[dict]:
-  torch_parameters = torch_process.request("build", part, args.torch_dtype)
+                 baseline_process: BaselineProcess) -> list[dict]:
+  baseline = args.baseline
+  baseline_parameters = baseline_process.request("build", part, args.torch_dtype)
   lensjax_side = lensjax_calls(part, random_batch(part), phases, plain=args.plain, dtype=args.dtype)
-  if torch_parameters != lensjax_side["parameters"]:
-    raise AssertionError(f"part {part.name}: the PyTorch network has {torch_parameters:,} parameters, "
+  if baseline_parameters != lensjax_side["parameters"]:
+    raise AssertionError(f"part {part.name}: the {baseline} network has {baseline_parameters:,} parameters, "
                          f"lensjax's {lensjax_side['parameters']:,}: they are not the same network")
   rows = []
   for phase in phases:
     lensjax_call, flops, compile_s = lensjax_side[phase]
-    torch_s, lensjax_s = interleaved(lambda: torch_process.request("call", phase), lambda: _seconds(lensjax_call),
-                                     args.repeats, args.warmup)
-    row = {"part": part.name, "phase": phase, **dataclasses.asdict(part), "lensjax_dtype": args.dtype,
-           "torch_dtype": args.torch_dtype, "parameters": lensjax_side["parameters"],
+    baseline_s, lensjax_s = interleaved(lambda: baseline_process.request("call", phase),
+                                        lambda: _seconds(lensjax_call), args.repeats, args.warmup)
+    row = {"part": part.name, "phase": phase, **dataclasses.asdict(part), "baseline": baseline,
+           "lensjax_dtype": args.dtype, "torch_dtype": args.torch_dtype, "parameters": lensjax_side["parameters"],
            "flops_per_call": flops, "lensjax_compile_s": compile_s}
-    for name, seconds, probe in (("torch", torch_s, probes["torch_flops_per_s"]),
+    for name, seconds, probe in ((baseline, baseline_s, probes[f"{baseline}_flops_per_s"]),
                                  ("lensjax", lensjax_s, probes["lensjax_flops_per_s"])):
       timing = stats(seconds)
       achieved = flops / timing["median"]
       row[name] = {"seconds": timing, "images_per_s": part.batch / timing["median"], "flops_per_s": achieved,
                    "fraction_of_matmul_probe": achieved / probe}
-    row["speedup"] = row["torch"]["seconds"]["median"] / row["lensjax"]["seconds"]["median"]
+    row["speedup"] = row[baseline]["seconds"]["median"] / row["lensjax"]["seconds"]["median"]
     rows.append(row)
     print(row_line(row), flush=True)
   return rows
 
 
 def row_line(row: dict[str, Any]) -> str:
-  t, j = row["torch"], row["lensjax"]
+  t, j = row[row["baseline"]], row["lensjax"]
   spread = lambda s: f"{s['median']:.3f} s ({s['p10']:.3f}-{s['p90']:.3f})"
   dtypes = "" if row["lensjax_dtype"] == row["torch_dtype"] == "float32" else \
-      f", torch {row['torch_dtype']}, lensjax {row['lensjax_dtype']}"
+      f", {row['baseline']} {row['torch_dtype']}, lensjax {row['lensjax_dtype']}"
   return (f"| {row['part']} {row['phase']} (batch {row['batch']}, {row['size']} px, width {row['width']:g}{dtypes}) "
           f"| {spread(t['seconds'])}, {t['flops_per_s'] / 1e9:.0f} GFLOP/s "
           f"| {spread(j['seconds'])}, {j['flops_per_s'] / 1e9:.0f} GFLOP/s | {row['speedup']:.2f}x |")
@@ -500,22 +553,24 @@ def main(argv: list[str]) -> int:
   threads = jax_cores()
   table = parts_table(args.width, args.image_size, args.batch_size)
   rows = []
-  with TorchProcess(threads) as torch_process:
-    torch_info = torch_process.request("start")
+  baseline = args.baseline
+  with BaselineProcess(threads, baseline) as baseline_process:
+    baseline_info = baseline_process.request("start")
     probes = {"size": PROBE_SIZE, "lensjax_flops_per_s": lensjax_matmul_flops_per_s(),
-              "torch_flops_per_s": torch_info["matmul_flops_per_s"]}
-    print(f"lensjax from {pathlib.Path(lensjax.__file__).parent} (pid {os.getpid()}), PyTorch in pid "
-          f"{torch_info['pid']}; {threads} threads; matmul probe: lensjax "
-          f"{probes['lensjax_flops_per_s'] / 1e9:.0f} GFLOP/s, torch {probes['torch_flops_per_s'] / 1e9:.0f} "
-          "GFLOP/s", flush=True)
-    print("| part, phase | PyTorch median (p10-p90) | lensjax median (p10-p90) | speed-up |\n|---|---|---|---|")
+              f"{baseline}_flops_per_s": baseline_info["matmul_flops_per_s"]}
+    title = BASELINE_TITLES[baseline]
+    print(f"lensjax from {pathlib.Path(lensjax.__file__).parent} (pid {os.getpid()}), {title} in pid "
+          f"{baseline_info['pid']}; {threads} threads; matmul probe: lensjax "
+          f"{probes['lensjax_flops_per_s'] / 1e9:.0f} GFLOP/s, {baseline} "
+          f"{probes[f'{baseline}_flops_per_s'] / 1e9:.0f} GFLOP/s", flush=True)
+    print(f"| part, phase | {title} median (p10-p90) | lensjax median (p10-p90) | speed-up |\n|---|---|---|---|")
     with layers.cpu_fast_paths(not args.plain, onednn=not args.no_onednn):
       for name in args.parts:
-        rows += measure_part(table[name], args.phases, args, probes, torch_process)
+        rows += measure_part(table[name], args.phases, args, probes, baseline_process)
   load = os.getloadavg()
   lensjax_dir = pathlib.Path(lensjax.__file__).resolve().parents[1]
   versions = throughput.versions()
-  versions["torch"] = torch_info["torch"]
+  versions[baseline] = baseline_info["version"]
   versions["lensjax_path"] = str(lensjax_dir)
   versions["cpu_fast_paths"] = not args.plain
   versions["onednn"] = onednn_status(args.plain or args.no_onednn)
@@ -524,8 +579,8 @@ def main(argv: list[str]) -> int:
       "schema": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "command": ["python", "-m", "benchmarks.vs_torch", *argv],
       "hardware": {"cpu_model": throughput.cpu_model(), "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags()},
-      "threads": {"jax": threads, "torch": torch_info["threads"]},
-      "processes": {"separate": True, "lensjax_pid": os.getpid(), "torch_pid": torch_info["pid"]},
+      "baseline": baseline, "threads": {"jax": threads, baseline: baseline_info["threads"]},
+      "processes": {"separate": True, "lensjax_pid": os.getpid(), f"{baseline}_pid": baseline_info["pid"]},
       "versions": versions,
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "matmul_probe": probes, "repeats": args.repeats,
       "warmup": args.warmup, "load_average_after": [round(x, 2) for x in load], "rows": rows,

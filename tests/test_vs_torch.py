@@ -12,10 +12,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from flax import nnx
 
 from benchmarks import torch_models, vs_torch
+from lensjax import cli
 from lensjax.models import build, count_parameters, onednn
 
 
@@ -41,6 +43,29 @@ def test_the_pytorch_networks_have_lensjax_parameter_counts_at_every_benchmarked
     assert _torch_parameters(reference) == expected, part.name
   assert _torch_parameters(torch_models.ISNetDIS(1, 1)) == 44_045_638          # the upstream count
   assert _torch_parameters(torch_models.MSRFNet(1, 1)) == 18_591_821           # the original Keras count
+
+
+def test_the_keras_msrfnet_has_lensjax_parameter_count():
+  from benchmarks import keras_models
+  part = vs_torch.parts_table(None, None, None)["msrfnet"]
+  for width in (part.width, 0.125):
+    model = keras_models.msrfnet(part.size, part.in_channels, part.out_channels, width=width)
+    keras_count = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert keras_count == _lensjax_parameters("msrfnet", in_channels=part.in_channels,
+                                              out_channels=part.out_channels, width=width), width
+  assert width == 0.125 and part.width == 1.0 and keras_count == 292_091
+
+
+def test_the_keras_baseline_trains_and_predicts_in_its_own_process_and_is_refused_for_isnet():
+  part = vs_torch.parts_table(0.125, 16, 2)["msrfnet"]
+  with vs_torch.BaselineProcess(threads=1, framework="keras") as keras_process:
+    started = keras_process.request("start")
+    assert started["pid"] == keras_process.pid != os.getpid() and started["version"].startswith("tensorflow ")
+    assert keras_process.request("build", part, "float32") == 292_091       # any image size: convs and SE only
+    assert all(keras_process.request("call", phase) > 0 for phase in ("train", "infer"))
+  assert _gone_within(started["pid"], 10)
+  with pytest.raises(cli.UsageError, match="--baseline keras: the original ran only MSRF-Net in Keras"):
+    vs_torch.parse_args(["--parts", "isnet", "--baseline", "keras"])
 
 
 def _running(pid: int) -> bool:
@@ -117,7 +142,7 @@ def test_flops_per_call_are_the_same_with_and_without_onednn(records):
 
 def test_the_pytorch_process_ends_when_the_block_using_it_raises():
   with pytest.raises(RuntimeError, match="KeyError"):
-    with vs_torch.TorchProcess(threads=1) as torch_process:
+    with vs_torch.BaselineProcess(threads=1) as torch_process:
       pid = torch_process.pid
       assert torch_process.request("start")["pid"] == pid != os.getpid()
       torch_process.request("call", "train")          # nothing built yet: the child's error comes back here
@@ -128,7 +153,7 @@ def test_the_pytorch_process_ends_when_its_parent_dies_without_cleaning_up(tmp_p
   script = ("import os, sys\n"
             "from benchmarks import vs_torch\n"
             "if __name__ == '__main__':\n"
-            "  torch_process = vs_torch.TorchProcess(threads=1)\n"
+            "  torch_process = vs_torch.BaselineProcess(threads=1)\n"
             "  print(torch_process.request('start')['pid'], flush=True)\n"
             "  os._exit(3)\n")                               # no atexit handlers, no close
   parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
