@@ -81,6 +81,11 @@ ORBAX_TMP_SUFFIX = ".orbax-checkpoint-tmp"
 TRAINING_ITEMS = ("state", "data_iter", "meta", "config")
 INFERENCE_ITEMS = ("state", "meta", "config")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# Orbax gives an asynchronous save a wall-clock deadline (20 min by default) and fails the save, and with it the
+# training, once the clock has passed it, even when the files are written the moment the process runs again. A
+# process that is suspended while a save is in flight (a laptop asleep, Ctrl-Z, Slurm's `scontrol suspend`) wakes
+# past any such deadline, so lensjax gives the saves one that no suspension reaches.
+SAVE_DEADLINE_S = 30 * 24 * 3600
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +152,7 @@ class Checkpoints:
     self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
         preservation_policy=keep, best_fn=ranking, best_mode=options.best_mode,
         cleanup_tmp_directories=not read_only, create=not read_only, enable_async_checkpointing=True,
-        async_options=ocp.AsyncOptions(post_finalization_callback=self._write_digests)))
+        async_options=ocp.AsyncOptions(timeout_secs=SAVE_DEADLINE_S, post_finalization_callback=self._write_digests)))
 
   # -------------------------------------------------------------------------------------------------
   # Listing.

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import types
 
 import grain
@@ -73,6 +74,23 @@ def test_restore_gives_back_state_key_config_and_the_iterator_position(tmp_path)
   assert restored.config == cfg.to_dict(config)
   assert restored.metrics == {"iou/mean": pytest.approx(0.5), "loss": pytest.approx(-0.5)}
   assert next(fresh) == expected_next
+
+
+def test_a_save_in_flight_survives_the_process_being_suspended_for_a_day(tmp_path, monkeypatch):
+  # Orbax's futures read the wall clock for their deadline. Once the save has started, this clock says a day has
+  # passed, as a process suspended during the save (a laptop asleep, `scontrol suspend`) finds on waking.
+  from orbax.checkpoint._src.futures import future
+  woken = []
+  monkeypatch.setattr(future, "time", types.SimpleNamespace(time=lambda: time.time() + 86_400 * len(woken)))
+  mesh = parallel.make_mesh()
+  with checkpoint.Checkpoints(tmp_path / "checkpoints", cfg.CheckpointConfig(keep=3)) as store:
+    store.save(7, state=_state(7), data_iterator=_iterator(), rng_key=jax.random.key(7), config=cfg.Config(),
+               metrics={"iou/mean": 0.5})
+    woken.append(True)
+    store.wait_until_finished()
+  monkeypatch.undo()
+  with checkpoint.Checkpoints(tmp_path / "checkpoints", cfg.CheckpointConfig(keep=3), read_only=True) as store:
+    assert store.restore_latest(_target(mesh)).step == 7
 
 
 def test_broken_newer_checkpoints_are_skipped_with_a_warning_and_set_aside(tmp_path, capsys):
