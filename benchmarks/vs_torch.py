@@ -293,8 +293,6 @@ def keras_calls(part: Part, batch: dict[str, np.ndarray], dtype: str = "float32"
   import keras
   from benchmarks import keras_models
 
-  if part.model != "msrfnet":
-    raise ValueError(f"part {part.name}: the Keras baseline is MSRF-Net's only")
   keras.utils.set_random_seed(0)
   keras.mixed_precision.set_global_policy("mixed_bfloat16" if dtype == "bfloat16" else "float32")
   model = keras_models.msrfnet(part.size, part.in_channels, part.out_channels, width=part.width)
