@@ -3,10 +3,10 @@
   python -m benchmarks.conv_paths                      # IS-Net's and MSRF-Net's 3x3 shapes at 128 px, batch 8
   python -m benchmarks.conv_paths --batch-size 4 --repeats 20
 
-For each (map size, in channels, out channels) the two paths (`layers.cpu_fast_paths(True, onednn=...)`) are
+For each (map size, in channels, out channels) the paths (`layers.cpu_fast_paths(True, onednn=...,
+small_maps=False)`, and on the small maps where `layers.conv_general_dilated` takes it, the patch matmul) are
 timed alternately on one jitted function computing the convolution and both its gradients, and the table gives
-the medians and XLA time / oneDNN time. `layers.ONEDNN_MIN_CHANNEL_PRODUCT` (which convolutions take oneDNN)
-was set from this table (docs/cpu-speed.md). Writes JSON like the other benchmarks.
+the medians and XLA time / oneDNN time. Writes JSON like the other benchmarks.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from lensjax.models import layers, onednn
 SHAPES = ((128, 16, 16), (128, 64, 16), (128, 32, 32), (128, 64, 64), (64, 8, 8), (64, 16, 16), (64, 32, 32),
           (64, 64, 64), (64, 128, 32), (64, 128, 128), (32, 16, 16), (32, 32, 32), (32, 64, 64), (32, 256, 64),
           (32, 256, 256), (16, 64, 64), (16, 128, 128), (16, 512, 128), (16, 512, 512), (8, 128, 128),
-          (8, 512, 256), (8, 512, 512), (4, 512, 512))
+          (8, 512, 256), (8, 512, 512), (4, 512, 256), (4, 512, 512), (4, 1024, 512), (2, 512, 256),
+          (2, 512, 512))
 
 
 def timed_pair(side: int, cin: int, cout: int, batch: int, repeats: int) -> dict[str, float]:
@@ -38,14 +39,16 @@ def timed_pair(side: int, cin: int, cout: int, batch: int, repeats: int) -> dict
   w = jnp.asarray(rng.normal(size=(3, 3, cin, cout)) * 0.1, jnp.float32)
   g = jnp.asarray(rng.normal(size=(batch, side, side, cout)), jnp.float32)
 
-  def build(use_onednn: bool):
-    with layers.cpu_fast_paths(True, onednn=use_onednn):
+  def build(use_onednn: bool, small_maps: bool = False):
+    with layers.cpu_fast_paths(True, onednn=use_onednn, small_maps=small_maps):
       def loss(x, w):
         y = layers.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return jnp.sum(y * g)
       return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile()
 
   programs = {"xla": build(False), "onednn": build(True)}
+  if "dot" in (patches := build(True, small_maps=True)).as_text() and "custom-call" not in patches.as_text():
+    programs["patches"] = patches
   times = {name: [] for name in programs}
   for _ in range(2):
     for program in programs.values():
@@ -70,12 +73,15 @@ def main(argv: list[str]) -> int:
                    "-e . (docs/cpu-speed.md)\n")
   rows = []
   print(f"{platform.processor() or platform.machine()}; batch {args.batch_size}; fwd + dX + dW of a 3x3 conv")
-  print("| map | in x out | XLA | oneDNN | XLA / oneDNN |\n|---|---|---|---|---|")
+  print("| map | in x out | XLA | oneDNN | XLA / oneDNN | patch matmul (small maps) | oneDNN / patch matmul |\n"
+        "|---|---|---|---|---|---|---|")
   for side, cin, cout in SHAPES:
     medians = timed_pair(side, cin, cout, args.batch_size, args.repeats)
     rows.append(dict(side=side, in_channels=cin, out_channels=cout, **medians))
+    patches = (f"{medians['patches'] * 1e3:.2f} ms | {medians['onednn'] / medians['patches']:.2f}x"
+               if "patches" in medians else "- | -")
     print(f"| {side}² | {cin} x {cout} | {medians['xla'] * 1e3:.2f} ms | {medians['onednn'] * 1e3:.2f} ms | "
-          f"{medians['xla'] / medians['onednn']:.2f}x |", flush=True)
+          f"{medians['xla'] / medians['onednn']:.2f}x | {patches} |", flush=True)
   out = pathlib.Path(args.out or f"runs/benchmarks/conv_paths-{time.strftime('%Y%m%d-%H%M%S')}.json")
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(dict(batch_size=args.batch_size, repeats=args.repeats, rows=rows), indent=1) + "\n")

@@ -13,20 +13,21 @@ from flax import nnx
 from lensjax.models import onednn
 
 
-_FAST_PATHS = {"enabled": True, "onednn": True}
+_FAST_PATHS = {"enabled": True, "onednn": True, "small_maps": True}
 
 
 @contextlib.contextmanager
-def cpu_fast_paths(enabled: bool, *, onednn: bool = True):
+def cpu_fast_paths(enabled: bool, *, onednn: bool = True, small_maps: bool = True):
   """Turns the CPU fast paths of this module on or off for the code traced inside the block.
 
   They are on by default and only ever taken on the CPU backend (checked when a function is traced). Off, every
   layer is the plain JAX formulation: for tests of equivalence and for A/B timings
   (`python -m benchmarks.profile_step --compare-plain`). `onednn=False` leaves the other fast paths on but keeps
-  XLA's convolutions (with the chunked kernel gradient) where the oneDNN kernels would run.
+  XLA's convolutions (with the chunked kernel gradient) where the oneDNN kernels would run; `small_maps=False`
+  keeps convolutions on small maps off the patch matmul (`SMALL_MAP_PIXELS`).
   """
   previous = dict(_FAST_PATHS)
-  _FAST_PATHS.update(enabled=enabled, onednn=onednn)
+  _FAST_PATHS.update(enabled=enabled, onednn=onednn, small_maps=small_maps)
   try:
     yield
   finally:
@@ -153,6 +154,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
   if (pruned := _drop_padding_taps(lhs.shape, rhs, window_strides, padding, rhs_dilation, numbers)) is not None:
     rhs, padding = pruned
     plain = functools.partial(plain, padding=padding)
+  if _small_map_patches_apply(lhs, rhs, window_strides, padding, rhs_dilation, numbers, precision):
+    return _patch_matmul_conv(lhs, rhs, padding, rhs_dilation)
   window = None
   if _onednn_allowed(lhs):
     window = onednn.conv_window(lhs, rhs, window_strides, padding, rhs_dilation, numbers, precision)
@@ -199,6 +202,51 @@ def _drop_padding_taps(lhs_shape, rhs: jax.Array, window_strides, padding, rhs_d
   for (first, last), axis in zip(taps, numbers.rhs_spec[2:]):
     rhs = jax.lax.slice_in_dim(rhs, first, last + 1, axis=axis)
   return rhs, tuple(new_padding)
+
+
+# Convolutions whose output maps have at most SMALL_MAP_PIXELS pixels per image, with at least
+# SMALL_MAP_MIN_CHANNEL_PRODUCT in x out channels (IS-Net's 512-channel layers on 4 x 4 and 2 x 2 maps), run as one
+# matmul of their patches on CPU (docs/performance.md, "Small maps").
+SMALL_MAP_PIXELS = 16
+SMALL_MAP_MIN_CHANNEL_PRODUCT = 65_536
+
+
+def _small_map_patches_apply(lhs: jax.Array, rhs: jax.Array, window_strides, padding, rhs_dilation,
+                             numbers: jax.lax.ConvDimensionNumbers, precision) -> bool:
+  """Whether a convolution takes `_patch_matmul_conv` (unless `cpu_fast_paths(..., small_maps=False)`): float32
+  NHWC/HWIO at stride 1 and default precision, with explicit non-negative padding, an output map of at most
+  `SMALL_MAP_PIXELS` pixels and at least `SMALL_MAP_MIN_CHANNEL_PRODUCT` in x out channels, on an input not
+  sharded by type.
+
+  There the kernel (up to 9 x 1024 x 512 floats) outweighs the activations: oneDNN's convolutions reorder it into
+  their blocked layout on every call and run at 35-170 GFLOP/s, XLA's at less; one matmul reads it as it is. In
+  bfloat16 oneDNN's AMX kernels win, so those keep it.
+  """
+  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+  if (not _FAST_PATHS["small_maps"] or lhs.ndim != 4 or numbers != nhwc or lhs.dtype != jnp.float32
+      or rhs.dtype != jnp.float32 or precision is not None or any(s != 1 for s in window_strides)
+      or isinstance(padding, str)
+      or any(low < 0 or high < 0 for low, high in padding) or _sharded_by_type(lhs)):
+    return False
+  dilation = (1, 1) if rhs_dilation is None else tuple(rhs_dilation)
+  out_spatial = [size + low + high - (k - 1) * d
+                 for size, (low, high), k, d in zip(lhs.shape[1:3], padding, rhs.shape[:2], dilation)]
+  return (min(out_spatial) >= 1 and math.prod(out_spatial) <= SMALL_MAP_PIXELS
+          and rhs.shape[2] * rhs.shape[3] >= SMALL_MAP_MIN_CHANNEL_PRODUCT)
+
+
+def _patch_matmul_conv(lhs: jax.Array, rhs: jax.Array, padding, rhs_dilation) -> jax.Array:
+  """A stride-1 convolution (N, H, W, I) x (KH, KW, I, O) -> (N, OH, OW, O) as (N * OH * OW, KH * KW * I)
+  patches times the kernel read as a (KH * KW * I, O) matrix: the same products as the convolution, summed in
+  another order. Its gradients are XLA's of the pad, slices and matmul: two matmuls and a sum of shifted maps."""
+  kh, kw, cin, cout = rhs.shape
+  dh, dw = (1, 1) if rhs_dilation is None else rhs_dilation
+  padded = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  oh, ow = padded.shape[1] - (kh - 1) * dh, padded.shape[2] - (kw - 1) * dw
+  patches = jnp.concatenate([padded[:, i * dh:i * dh + oh, j * dw:j * dw + ow, :]
+                             for i in range(kh) for j in range(kw)], axis=-1)
+  out = patches.reshape(-1, kh * kw * cin) @ rhs.reshape(kh * kw * cin, cout)
+  return out.reshape(lhs.shape[0], oh, ow, cout)
 
 
 def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
