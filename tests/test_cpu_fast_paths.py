@@ -14,6 +14,12 @@ from tests.helpers.networks import ISNET, MSRFNET, gradient_pairs, tiny_network_
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
+def _is_patch_matmul(function, *args) -> bool:
+  """Whether `function(*args)` traces to a matmul with no convolution left in it, XLA's or oneDNN's."""
+  program = str(jax.make_jaxpr(function)(*args))
+  return "dot_general" in program and "conv_general_dilated" not in program and "ffi_call" not in program
+
+
 def _value_and_grads(function, *args):
   """function(*args) and the gradients of a fixed random projection of it with respect to every argument."""
   out = function(*args)
@@ -105,9 +111,7 @@ def test_a_small_map_convolution_as_a_patch_matmul_computes_the_same_values_and_
   w = jnp.asarray(rng.standard_normal((*kernel, shape[-1], 7)), jnp.float32)
   conv = lambda f: lambda x, w: f(x, w, (1, 1), padding, rhs_dilation=(dilation, dilation), dimension_numbers=NHWC)
   fast = jax.jit(lambda x, w: _value_and_grads(conv(conv_general_dilated), x, w))
-  # The patch path has no convolution left in it, XLA's or oneDNN's.
-  program = str(jax.make_jaxpr(conv(conv_general_dilated))(x, w))
-  assert "dot_general" in program and "conv_general_dilated" not in program and "ffi_call" not in program
+  assert _is_patch_matmul(conv(conv_general_dilated), x, w)
   fast_out, (fast_dx, fast_dw) = fast(x, w)
   out, (dx, dw) = jax.jit(lambda x, w: _value_and_grads(conv(jax.lax.conv_general_dilated), x, w))(x, w)
   assert fast_out.shape == out.shape
@@ -119,9 +123,8 @@ def test_small_maps_take_the_patch_matmul_only_at_stride_1_in_float32_from_the_c
   x = jnp.zeros((2, 4, 4, 256), jnp.float32)
   w = jnp.zeros((3, 3, 256, 256), jnp.float32)
   def taken(x, w, stride=1):
-    program = str(jax.make_jaxpr(
-        lambda x, w: conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=NHWC))(x, w))
-    return "dot_general" in program and "conv_general_dilated" not in program and "ffi_call" not in program
+    return _is_patch_matmul(
+        lambda x, w: conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=NHWC), x, w)
 
   assert taken(x, w)
   assert not taken(x, w, stride=2)

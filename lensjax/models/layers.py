@@ -154,8 +154,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
   if (pruned := _drop_padding_taps(lhs.shape, rhs, window_strides, padding, rhs_dilation, numbers)) is not None:
     rhs, padding = pruned
     plain = functools.partial(plain, padding=padding)
-  if _small_map_patches_apply(lhs, rhs, window_strides, padding, rhs_dilation, numbers, precision):
-    return _patch_matmul_conv(lhs, rhs, padding, rhs_dilation)
+  if (small := _small_map_window(lhs, rhs, window_strides, padding, rhs_dilation, numbers, precision)) is not None:
+    return _patch_matmul_conv(lhs, rhs, *small)
   window = None
   if _onednn_allowed(lhs):
     window = onednn.conv_window(lhs, rhs, window_strides, padding, rhs_dilation, numbers, precision)
@@ -211,37 +211,34 @@ SMALL_MAP_PIXELS = 16
 SMALL_MAP_MIN_CHANNEL_PRODUCT = 65_536
 
 
-def _small_map_patches_apply(lhs: jax.Array, rhs: jax.Array, window_strides, padding, rhs_dilation,
-                             numbers: jax.lax.ConvDimensionNumbers, precision) -> bool:
-  """Whether a convolution takes `_patch_matmul_conv` (unless `cpu_fast_paths(..., small_maps=False)`): float32
-  NHWC/HWIO at stride 1 and default precision, with explicit non-negative padding, an output map of at most
-  `SMALL_MAP_PIXELS` pixels and at least `SMALL_MAP_MIN_CHANNEL_PRODUCT` in x out channels, on an input not
-  sharded by type.
+def _small_map_window(lhs: jax.Array, rhs: jax.Array, window_strides, padding, rhs_dilation,
+                      numbers: jax.lax.ConvDimensionNumbers, precision):
+  """(padding, dilation) for `_patch_matmul_conv`, or None where a convolution does not take it (or
+  `cpu_fast_paths(..., small_maps=False)`): float32, a window of `onednn.nhwc_window` at stride 1, an output map of
+  at most `SMALL_MAP_PIXELS` pixels and at least `SMALL_MAP_MIN_CHANNEL_PRODUCT` in x out channels, on an input
+  not sharded by type.
 
   There the kernel (up to 9 x 1024 x 512 floats) outweighs the activations: oneDNN's convolutions reorder it into
   their blocked layout on every call and run at 35-170 GFLOP/s, XLA's at less; one matmul reads it as it is.
   bfloat16 convolutions keep oneDNN's AMX kernels, faster at 4 x 4 (XLA's bfloat16 matmul does not use AMX).
   """
-  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-  if (not _FAST_PATHS["small_maps"] or lhs.ndim != 4 or numbers != nhwc or lhs.dtype != jnp.float32
-      or rhs.dtype != jnp.float32 or precision is not None or any(s != 1 for s in window_strides)
-      or isinstance(padding, str)
-      or any(low < 0 or high < 0 for low, high in padding) or _sharded_by_type(lhs)):
-    return False
-  dilation = (1, 1) if rhs_dilation is None else tuple(rhs_dilation)
-  out_spatial = [size + low + high - (k - 1) * d
-                 for size, (low, high), k, d in zip(lhs.shape[1:3], padding, rhs.shape[:2], dilation)]
-  return (min(out_spatial) >= 1 and math.prod(out_spatial) <= SMALL_MAP_PIXELS
-          and rhs.shape[2] * rhs.shape[3] >= SMALL_MAP_MIN_CHANNEL_PRODUCT)
+  if (not _FAST_PATHS["small_maps"] or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32
+      or _sharded_by_type(lhs) or rhs.shape[-2] * rhs.shape[-1] < SMALL_MAP_MIN_CHANNEL_PRODUCT):
+    return None
+  window = onednn.nhwc_window(lhs, rhs, window_strides, padding, rhs_dilation, numbers, precision)
+  if (window is None or window[0] != (1, 1)
+      or math.prod(onednn.output_shape(lhs.shape, rhs.shape, *window)[1:3]) > SMALL_MAP_PIXELS):
+    return None
+  return window[1:]
 
 
-def _patch_matmul_conv(lhs: jax.Array, rhs: jax.Array, padding, rhs_dilation) -> jax.Array:
+def _patch_matmul_conv(lhs: jax.Array, rhs: jax.Array, padding, dilation) -> jax.Array:
   """A stride-1 convolution (N, H, W, I) x (KH, KW, I, O) -> (N, OH, OW, O) as (N * OH * OW, KH * KW * I)
   patches times the kernel read as a (KH * KW * I, O) matrix: the same products as the convolution, summed in
   another order. Its gradients are XLA's of the pad, slices and matmul: two matmuls and a sum of shifted maps."""
   kh, kw, cin, cout = rhs.shape
-  dh, dw = (1, 1) if rhs_dilation is None else rhs_dilation
-  padded = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  dh, dw = dilation
+  padded = jnp.pad(lhs, ((0, 0), padding[0], padding[1], (0, 0)))
   oh, ow = padded.shape[1] - (kh - 1) * dh, padded.shape[2] - (kw - 1) * dw
   patches = jnp.concatenate([padded[:, i * dh:i * dh + oh, j * dw:j * dw + ow, :]
                              for i in range(kh) for j in range(kw)], axis=-1)

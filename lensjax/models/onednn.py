@@ -84,16 +84,23 @@ def conv_window(lhs: jax.Array, rhs: jax.Array, window_strides, padding, rhs_dil
                 dimension_numbers: jax.lax.ConvDimensionNumbers, precision) -> Window | None:
   """(strides, ((top, bottom), (left, right)) padding, dilation) for `conv`, or None where it does not apply.
 
-  It applies where the kernels are available, the process has a single device and the convolution is 2-D, of
-  one of `dtypes()` (both operands the same), NHWC/HWIO, at default precision, with non-negative padding
-  (explicit or a `lax` padding string) and a
-  non-empty output; grouped and input-dilated convolutions are the caller's to exclude. With several devices XLA
-  would gather a batch-sharded operand onto every device before the call (it cannot split a foreign call), so
-  data-parallel programs keep XLA's convolutions.
+  It applies where the kernels are available, the process has a single device, both operands are of one of
+  `dtypes()` and `nhwc_window` gives the window; grouped and input-dilated convolutions are the caller's to
+  exclude. With several devices XLA would gather a batch-sharded operand onto every device before the call (it
+  cannot split a foreign call), so data-parallel programs keep XLA's convolutions.
   """
-  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-  if (lhs.ndim != 4 or dimension_numbers != nhwc or lhs.dtype != rhs.dtype or lhs.dtype not in dtypes()
-      or precision is not None or jax.device_count() != 1):
+  if lhs.dtype != rhs.dtype or lhs.dtype not in dtypes() or jax.device_count() != 1:
+    return None
+  return nhwc_window(lhs, rhs, window_strides, padding, rhs_dilation, dimension_numbers, precision)
+
+
+def nhwc_window(lhs: jax.Array, rhs: jax.Array, window_strides, padding, rhs_dilation,
+                dimension_numbers: jax.lax.ConvDimensionNumbers, precision) -> Window | None:
+  """(strides, ((top, bottom), (left, right)) padding, dilation) of a 2-D NHWC/HWIO convolution at default
+  precision with non-negative padding (explicit or a `lax` padding string) and a non-empty output, else None."""
+  if lhs.ndim != 4 or precision is not None:
+    return None
+  if dimension_numbers != jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")):
     return None
   strides = tuple(int(s) for s in window_strides)
   dilation = (1, 1) if rhs_dilation is None else tuple(int(d) for d in rhs_dilation)
@@ -108,7 +115,8 @@ def conv_window(lhs: jax.Array, rhs: jax.Array, window_strides, padding, rhs_dil
   return strides, padding, dilation
 
 
-def _output_shape(x_shape, kernel_shape, strides, padding, dilation) -> tuple[int, int, int, int]:
+def output_shape(x_shape, kernel_shape, strides, padding, dilation) -> tuple[int, int, int, int]:
+  """(N, OH, OW, O) of an NHWC x HWIO convolution with a window of `nhwc_window`."""
   spatial = [(size + low + high - (k - 1) * d - 1) // s + 1
              for size, k, s, (low, high), d in zip(x_shape[1:3], kernel_shape[:2], strides, padding, dilation)]
   return (x_shape[0], *spatial, kernel_shape[3])
@@ -127,7 +135,7 @@ def _ffi(kind: str, shape, a: jax.Array, b: jax.Array, strides, padding, dilatio
 def conv(x: jax.Array, kernel: jax.Array, strides, padding, dilation) -> jax.Array:
   """(N, H, W, I) x (KH, KW, I, O) kernel -> (N, OH, OW, O) of their dtype, with the arguments `conv_window`
   returns. In bfloat16, oneDNN accumulates in float32 and rounds the result, as XLA does."""
-  return _ffi("forward", _output_shape(x.shape, kernel.shape, strides, padding, dilation), x, kernel, strides,
+  return _ffi("forward", output_shape(x.shape, kernel.shape, strides, padding, dilation), x, kernel, strides,
               padding, dilation)
 
 
@@ -164,7 +172,7 @@ def conv_transpose_window(x: jax.Array, kernel: jax.Array, strides: tuple[int, i
   forward_kernel = jax.ShapeDtypeStruct((*kernel.shape[:2], kernel.shape[3], kernel.shape[2]), kernel.dtype)
   numbers = jax.lax.conv_dimension_numbers(wide.shape, forward_kernel.shape, ("NHWC", "HWIO", "NHWC"))
   window = conv_window(wide, forward_kernel, strides, forward_padding, None, numbers, None)
-  if window is None or _output_shape(wide.shape, forward_kernel.shape, *window)[1:3] != tuple(x.shape[1:3]):
+  if window is None or output_shape(wide.shape, forward_kernel.shape, *window)[1:3] != tuple(x.shape[1:3]):
     return None
   return out_spatial, window
 
