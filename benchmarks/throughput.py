@@ -219,7 +219,8 @@ def cpu_model() -> str:
 
 def versions() -> dict[str, str]:
   from importlib import metadata
-  found = {"python": platform.python_version()}
+  from lensjax import host_memory
+  found = {"python": platform.python_version(), "host_memory": host_memory.status()}
   for package in ("jax", "jaxlib", "flax", "optax", "grain", "orbax-checkpoint", "numpy"):
     try:
       found[package] = metadata.version(package)

@@ -545,6 +545,7 @@ def git_commit(checkout: pathlib.Path) -> str:
 def main(argv: list[str]) -> int:
   args = parse_args(argv)
   import lensjax
+  from lensjax import host_memory
   from lensjax.models import layers
   from benchmarks import throughput
 
@@ -560,7 +561,8 @@ def main(argv: list[str]) -> int:
     print(f"lensjax from {pathlib.Path(lensjax.__file__).parent} (pid {os.getpid()}), {title} in pid "
           f"{baseline_info['pid']}; {threads} threads; matmul probe: lensjax "
           f"{probes['lensjax_flops_per_s'] / 1e9:.0f} GFLOP/s, {baseline} "
-          f"{probes[f'{baseline}_flops_per_s'] / 1e9:.0f} GFLOP/s", flush=True)
+          f"{probes[f'{baseline}_flops_per_s'] / 1e9:.0f} GFLOP/s; host memory (both): {host_memory.status()}",
+          flush=True)
     print(f"| part, phase | {title} median (p10-p90) | lensjax median (p10-p90) | speed-up |\n|---|---|---|---|")
     with layers.cpu_fast_paths(not args.plain, onednn=not args.no_onednn):
       for name in args.parts:

@@ -13,6 +13,11 @@ Modules, one concern each:
   checkpoint     Orbax checkpoints, exact resume, stop signals
   evaluate       `python -m lensjax.evaluate`; predict: `python -m lensjax.predict`; plots: figures
   progress       progress bars and log lines
+  host_memory    huge pages for XLA's host buffers: a lensjax command restarts itself with them, once
 """
 
 __version__ = "0.1.0"
+
+from lensjax import host_memory as _host_memory  # pylint: disable=g-import-not-at-top
+
+_host_memory.restart_with_huge_pages()

@@ -44,7 +44,7 @@ import jax
 
 from lensjax import checkpoint, cli, data, evaluation, feature_sync, parallel, plots, progress, registry
 from lensjax import config as cfg
-from lensjax import run_directory, step_loop, train_step
+from lensjax import host_memory, run_directory, step_loop, train_step
 from lensjax.run_directory import say
 
 
@@ -123,6 +123,7 @@ def train_and_evaluate(config: cfg.Config, workdir: str | pathlib.Path, *, resta
   say(f"data: {config.data.source} {config.data.path or ''}".rstrip() + f", masks: {masks}")
   for warning in mask_warnings:
     say(f"warning: {warning}")
+  say(f"host memory: {host_memory.status()}")
 
   with run_directory.locked(workdir), checkpoint.StopSignals(mesh) as stop:
     run_directory.prepare(workdir, config, restart)

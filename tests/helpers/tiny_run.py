@@ -40,11 +40,12 @@ def write_tiny_npy_job(data_dir: pathlib.Path) -> list[str]:
 
 
 def command_env(cache_dir: pathlib.Path) -> dict[str, str]:
-  """The environment of a lensjax command: this checkout first, one CPU device, the shared compile cache."""
+  """The environment of a lensjax command: this checkout first, one CPU device, the shared compile cache, the
+  host allocator as a user's shell leaves it (a lensjax command adds its tunable itself: lensjax.host_memory)."""
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
              JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
-  for name in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES"):
+  for name in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES", "GLIBC_TUNABLES", "LENSJAX_HUGE_PAGES"):
     env.pop(name, None)
   return env
 
