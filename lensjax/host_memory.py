@@ -50,10 +50,10 @@ def huge_pages_on_request(setting_path: str = THP_SETTING) -> bool:
         return False
   except OSError:                       # not Linux, or no THP support
     return False
-  name, _, version = (os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else "").partition(" ")
   try:
+    name, _, version = (os.confstr("CS_GNU_LIBC_VERSION") or "").partition(" ")   # "glibc 2.36"
     return name == "glibc" and tuple(int(part) for part in version.split(".")[:2]) >= MIN_GLIBC
-  except ValueError:
+  except (AttributeError, OSError, ValueError):   # no confstr, or a C library that does not name itself
     return False
 
 
