@@ -29,13 +29,20 @@ COMMAND_PACKAGES = ("lensjax", "benchmarks")   # `python -m` modules of these pa
 MIN_GLIBC = (2, 35)                            # the first glibc with glibc.malloc.hugetlb
 
 
+def _huge_pages_value(tunables: str) -> str | None:
+  """The value a GLIBC_TUNABLES string gives glibc.malloc.hugetlb, or None where it gives none."""
+  for item in tunables.split(":"):
+    name, _, value = item.partition("=")
+    if name == HUGE_PAGES_TUNABLE:
+      return value
+  return None
+
+
 def tunables_with_huge_pages(environ: Mapping[str, str]) -> str | None:
   """The GLIBC_TUNABLES value that adds `glibc.malloc.hugetlb=1` to `environ`'s, or None where nothing is to add:
   switched off by LENSJAX_HUGE_PAGES=0, or the variable already sets glibc.malloc.hugetlb (to any value)."""
-  if environ.get(ENV_SWITCH, "1") == "0":
-    return None
   current = environ.get(TUNABLES, "")
-  if any(item.split("=", 1)[0] == HUGE_PAGES_TUNABLE for item in current.split(":")):
+  if environ.get(ENV_SWITCH, "1") == "0" or _huge_pages_value(current) is not None:
     return None
   return ":".join(filter(None, (current, f"{HUGE_PAGES_TUNABLE}=1")))
 
@@ -89,11 +96,13 @@ def restart_with_huge_pages() -> None:
 def status() -> str:
   """One line: whether this process's malloc asks for huge pages, and why (not)."""
   tunables = os.environ.get(TUNABLES, "")
-  if f"{HUGE_PAGES_TUNABLE}=1" in tunables.split(":"):
+  value = _huge_pages_value(tunables)
+  if value == "1":
     return f"huge pages requested ({TUNABLES}={tunables})"
+  if value is not None:
+    return f"as the user set it ({TUNABLES}={tunables})"
   if os.environ.get(ENV_SWITCH, "1") == "0":
     return f"glibc's defaults ({ENV_SWITCH}=0)"
   if not huge_pages_on_request():
     return f"glibc's defaults (the kernel's {THP_SETTING} is not 'madvise', or the C library is not glibc >= 2.35)"
   return f"glibc's defaults (not started as a lensjax command: set {TUNABLES}={HUGE_PAGES_TUNABLE}=1 to ask)"
-

@@ -56,3 +56,16 @@ def test_a_lensjax_command_restarts_itself_with_huge_pages(tmp_path_factory):
     assert "host memory: huge pages requested (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)" in log
   else:
     assert "host memory: glibc's defaults (the kernel's" in log
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "huge pages requested"),
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0"}, "as the user set it"),
+    ({"LENSJAX_HUGE_PAGES": "0"}, "glibc's defaults (LENSJAX_HUGE_PAGES=0)"),
+])
+def test_status_names_who_chose_the_setting(monkeypatch, environ, expected):
+  for name in ("GLIBC_TUNABLES", "LENSJAX_HUGE_PAGES"):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in environ.items():
+    monkeypatch.setenv(name, value)
+  assert host_memory.status().startswith(expected)
