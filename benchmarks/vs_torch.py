@@ -1,7 +1,7 @@
 """lensjax against PyTorch on the same CPU, each in its own process: training steps and inference, side by side.
 
   python -m benchmarks.vs_torch                                   # everything: about 6-8 minutes on 2 cores
-  python -m benchmarks.vs_torch --parts isnet --repeats 5         # a quick look: IS-Net only, about 1.5 minutes
+  python -m benchmarks.vs_torch --parts isnet --repeats 3         # a quick look: IS-Net only, about 2 minutes
   python -m benchmarks.vs_torch --plain                           # lensjax without its CPU fast paths (the 'before')
   python -m benchmarks.vs_torch --no-onednn                       # the fast paths, with XLA's convolutions
   python -m benchmarks.vs_torch --dtype bfloat16                  # mixed precision on both sides (AMX here)
@@ -35,10 +35,18 @@ optimizer, run in a child process of its own (`BaselineProcess`), so that the tw
 PyTorch's OpenMP, and the OpenMP runtime of lensjax's oneDNN convolutions) never share a process: in one process
 PyTorch ran 1.3-3x slower once oneDNN had run. Both get the same random batch. The child builds its network once
 per part and, on request, runs one call and sends back its seconds; this process alternates those requests with
-its own timed calls, so only one framework computes at any moment: after `--warmup` untimed calls each, torch,
-lensjax, torch, ... for `--repeats` rounds, so that load from other processes falls on both alike. The record
-keeps the median and the spread of each and the ratio torch median / lensjax median (> 1: lensjax is faster).
-The child ends with the run, also when it fails.
+its own timed calls, so only one framework computes at any moment. After `--warmup` untimed calls each, the two
+take turns for `--repeats` rounds, torch first: a turn is `--turn` back-to-back calls of one framework, whose first
+call (the one right after the other framework's) is kept apart and the rest timed, so that load from other
+processes falls on both alike and neither is timed in the wake of the other. On a virtual machine that hands
+freed memory back to its host (free page reporting: `/sys/module/page_reporting`, recorded as
+`hardware.free_page_reporting`), the first call after an idle second or two is slow: XLA frees each call's
+temporaries, the guest reports them, the host takes them back, and the next call faults them in from the host
+again (docs/performance.md). lensjax waits while the other framework runs, so its call right after a switch ran
+up to 2x slower here. The record keeps those first calls apart (`after_switch`). `--turn 1` is the plain
+alternation, torch, lensjax, torch, ..., every call timed. The record keeps the median and the spread of each
+and the ratio torch median / lensjax median (> 1: lensjax is faster). The child ends with the run, also when it
+fails.
 
 FLOPs per call come from XLA's cost analysis of lensjax's program compiled without its CPU fast paths (compiled
 only, never run: the cost analysis counts nothing inside the oneDNN custom calls, so the plain program gives the
@@ -105,7 +113,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser = cli.ArgumentParser(prog="python -m benchmarks.vs_torch", description=__doc__.split("\n\n")[0])
   parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
   parser.add_argument("--phases", default=",".join(PHASES), help="train, infer or both (default)")
-  parser.add_argument("--repeats", type=int, default=7, help="timed alternating rounds per phase (default 7)")
+  parser.add_argument("--repeats", type=int, default=5, help="alternating rounds per phase (default 5)")
+  parser.add_argument("--turn", type=int, default=3,
+                      help="back-to-back calls of one framework per round, the first untimed (default 3; 1: every "
+                           "call timed, the frameworks alternating call by call)")
   parser.add_argument("--warmup", type=int, default=2, help="untimed calls of each framework first (default 2)")
   parser.add_argument("--width", type=float, default=None, help="override every part's width (tests)")
   parser.add_argument("--image-size", type=int, default=None, help="override the 128 px images (multiple of 8)")
@@ -130,8 +141,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.error(f"--parts={','.join(args.parts)}: choose from {', '.join(PARTS)}")
   if not args.phases or set(args.phases) - set(PHASES):
     parser.error(f"--phases={','.join(args.phases)}: choose from {', '.join(PHASES)}")
-  if args.repeats < 1 or args.warmup < 1:
-    parser.error("--repeats and --warmup must be at least 1")
+  if args.repeats < 1 or args.warmup < 1 or args.turn < 1:
+    parser.error("--repeats, --turn and --warmup must be at least 1")
   if args.baseline == "keras" and args.parts != ["msrfnet"]:
     parser.error("--baseline keras: the original ran only MSRF-Net in Keras; add --parts msrfnet")
   if args.image_size is not None and (args.image_size < 8 or args.image_size % 8):
@@ -434,17 +445,24 @@ def _seconds(call) -> float:
 
 
 def interleaved(torch_timed: Callable[[], float], lensjax_timed: Callable[[], float], repeats: int,
-                warmup: int) -> tuple[list[float], list[float]]:
-  """Seconds of `repeats` timed calls of each (each callable runs one call and returns its wall seconds),
-  alternating torch, lensjax, torch, ... after `warmup` untimed calls of each, alternating too."""
+                warmup: int, turn: int = 1) -> dict[str, dict[str, list[float]]]:
+  """Seconds of each framework's calls (each callable runs one call and returns its wall seconds), taking turns.
+
+  First `warmup` untimed calls of each, alternating; then `repeats` rounds in which torch, then lensjax, runs
+  `turn` calls back to back. Returns {"torch": ..., "lensjax": ...}, each {"timed": [...], "after_switch": [...]}:
+  `after_switch` holds the first call of every turn, `timed` the others (every call where `turn` is 1, so that
+  `timed` is never empty).
+  """
   for _ in range(warmup):
     torch_timed()
     lensjax_timed()
-  torch_s, lensjax_s = [], []
+  seconds = {name: {"timed": [], "after_switch": []} for name in ("torch", "lensjax")}
   for _ in range(repeats):
-    torch_s.append(torch_timed())
-    lensjax_s.append(lensjax_timed())
-  return torch_s, lensjax_s
+    for name, timed_call in (("torch", torch_timed), ("lensjax", lensjax_timed)):
+      calls = [timed_call() for _ in range(turn)]
+      seconds[name]["after_switch"].append(calls[0])
+      seconds[name]["timed"] += calls[1:] if turn > 1 else calls
+  return seconds
 
 
 PROBE_SIZE = 1024                    # the float32 matmul probe multiplies two (PROBE_SIZE x PROBE_SIZE) matrices
@@ -482,20 +500,25 @@ def measure_part(part: Part, phases: list[str], args: argparse.Namespace, probes
   rows = []
   for phase in phases:
     lensjax_call, flops, compile_s = lensjax_side[phase]
-    baseline_s, lensjax_s = interleaved(lambda: baseline_process.request("call", phase),
-                                        lambda: _seconds(lensjax_call), args.repeats, args.warmup)
+    seconds = interleaved(lambda: baseline_process.request("call", phase), lambda: _seconds(lensjax_call),
+                          args.repeats, args.warmup, args.turn)
     row = {"part": part.name, "phase": phase, **dataclasses.asdict(part), "baseline": baseline,
            "lensjax_dtype": args.dtype, "torch_dtype": args.torch_dtype, "parameters": lensjax_side["parameters"],
            "flops_per_call": flops, "lensjax_compile_s": compile_s}
-    for name, seconds, probe in ((baseline, baseline_s, probes[f"{baseline}_flops_per_s"]),
-                                 ("lensjax", lensjax_s, probes["lensjax_flops_per_s"])):
-      timing = stats(seconds)
+    for name, side, probe in ((baseline, "torch", probes[f"{baseline}_flops_per_s"]),
+                              ("lensjax", "lensjax", probes["lensjax_flops_per_s"])):
+      timing = stats(seconds[side]["timed"])
       achieved = flops / timing["median"]
-      row[name] = {"seconds": timing, "images_per_s": part.batch / timing["median"], "flops_per_s": achieved,
+      row[name] = {"seconds": timing, "seconds_after_switch": stats(seconds[side]["after_switch"]),
+                   "images_per_s": part.batch / timing["median"], "flops_per_s": achieved,
                    "fraction_of_matmul_probe": achieved / probe}
     row["speedup"] = row[baseline]["seconds"]["median"] / row["lensjax"]["seconds"]["median"]
     rows.append(row)
     print(row_line(row), flush=True)
+    if args.turn > 1:
+      print(f"|   (first call of a turn, not in the medians: {baseline} "
+            f"{row[baseline]['seconds_after_switch']['median']:.3f} s, lensjax "
+            f"{row['lensjax']['seconds_after_switch']['median']:.3f} s) | | | |", flush=True)
   return rows
 
 
@@ -529,6 +552,14 @@ def onednn_status(switched_off: bool) -> str:
   or why XLA's convolutions run instead (`lensjax.models.onednn.status`)."""
   from lensjax.models import onednn
   return "off (--plain or --no-onednn)" if switched_off else onednn.status()
+
+
+def free_page_reporting() -> dict[str, str] | None:
+  """The guest kernel's free page reporting settings (a VM handing freed memory back to its host), or None."""
+  parameters = pathlib.Path("/sys/module/page_reporting/parameters")
+  if not parameters.is_dir():
+    return None
+  return {path.name: path.read_text().strip() for path in sorted(parameters.iterdir()) if os.access(path, os.R_OK)}
 
 
 def git_commit(checkout: pathlib.Path) -> str:
@@ -578,12 +609,13 @@ def main(argv: list[str]) -> int:
   record = {
       "schema": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "command": ["python", "-m", "benchmarks.vs_torch", *argv],
-      "hardware": {"cpu_model": throughput.cpu_model(), "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags()},
+      "hardware": {"cpu_model": throughput.cpu_model(), "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(),
+                   "free_page_reporting": free_page_reporting()},
       "baseline": baseline, "threads": {"jax": threads, baseline: baseline_info["threads"]},
       "processes": {"separate": True, "lensjax_pid": os.getpid(), f"{baseline}_pid": baseline_info["pid"]},
       "versions": versions,
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "matmul_probe": probes, "repeats": args.repeats,
-      "warmup": args.warmup, "load_average_after": [round(x, 2) for x in load], "rows": rows,
+      "turn": args.turn, "warmup": args.warmup, "load_average_after": [round(x, 2) for x in load], "rows": rows,
   }
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   out = pathlib.Path(args.out) if args.out else pathlib.Path("runs/benchmarks") / f"vs_torch-{stamp}.json"

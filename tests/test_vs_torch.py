@@ -91,7 +91,8 @@ TINY = ["--parts", "isnet_default", "--width", "0.125", "--image-size", "16", "-
 def records(tmp_path_factory):
   """Tiny runs with lensjax's default convolutions and with `--no-onednn`: {name: (record, printed table)}."""
   found = {}
-  runs = {"default": ["--repeats", "3"], "no_onednn": ["--repeats", "2", "--phases", "infer", "--no-onednn"]}
+  runs = {"default": ["--repeats", "3"],
+          "no_onednn": ["--repeats", "2", "--turn", "1", "--phases", "infer", "--no-onednn"]}
   for name, extra in runs.items():
     out = tmp_path_factory.mktemp(name) / "vs_torch.json"
     with contextlib.redirect_stdout(io.StringIO()) as printed:
@@ -108,16 +109,44 @@ def test_a_tiny_run_writes_a_record_with_both_frameworks_per_phase(records):
   assert record["threads"]["torch"] == record["threads"]["jax"] >= 1
   assert record["versions"]["onednn"] == onednn.status()        # where lensjax's oneDNN convs load from, or why not
   assert record["matmul_probe"]["lensjax_flops_per_s"] > 0 and record["matmul_probe"]["torch_flops_per_s"] > 0
+  reporting = record["hardware"]["free_page_reporting"]       # None where the kernel has no free page reporting
+  assert reporting is None or "page_reporting_order" in reporting
   assert [(row["part"], row["phase"]) for row in record["rows"]] == [("isnet_default", "train"),
                                                                     ("isnet_default", "infer")]
   for row in record["rows"]:
     assert (row["batch"], row["size"], row["width"], row["depth"], row["out_channels"]) == (2, 16, 0.125, 4, 2)
     assert row["flops_per_call"] > 0
     for side in ("torch", "lensjax"):
-      assert row[side]["seconds"]["count"] == 3                  # both sides timed in every round
+      assert row[side]["seconds"]["count"] == 6                  # 3 rounds of 3 calls, the first of each apart
+      assert row[side]["seconds_after_switch"]["count"] == 3
       assert 0 < row[side]["seconds"]["min"] <= row[side]["seconds"]["median"] <= row[side]["seconds"]["max"]
       assert row[side]["fraction_of_matmul_probe"] > 0
     assert row["speedup"] == pytest.approx(row["torch"]["seconds"]["median"] / row["lensjax"]["seconds"]["median"])
+
+
+@pytest.mark.slow
+def test_turn_one_times_every_call_alternating(records):
+  record, _ = records["no_onednn"]
+  assert record["turn"] == 1
+  for side in ("torch", "lensjax"):
+    assert record["rows"][0][side]["seconds"]["count"] == record["rows"][0][side]["seconds_after_switch"]["count"] == 2
+
+
+def test_frameworks_take_turns_of_back_to_back_calls_whose_first_call_is_kept_apart():
+  calls = []
+
+  def timed(name):
+    def call():
+      calls.append(name)
+      return float(len(calls))                  # the call's position in the whole sequence stands for its seconds
+    return call
+
+  seconds = vs_torch.interleaved(timed("torch"), timed("lensjax"), repeats=2, warmup=1, turn=3)
+  assert "".join(c[0] for c in calls) == "tl" + "tttlll" * 2
+  assert seconds["torch"] == {"after_switch": [3.0, 9.0], "timed": [4.0, 5.0, 10.0, 11.0]}
+  assert seconds["lensjax"] == {"after_switch": [6.0, 12.0], "timed": [7.0, 8.0, 13.0, 14.0]}
+  plain = vs_torch.interleaved(timed("torch"), timed("lensjax"), repeats=2, warmup=1, turn=1)
+  assert plain["torch"]["timed"] == plain["torch"]["after_switch"] == [17.0, 19.0]
 
 
 @pytest.mark.slow
