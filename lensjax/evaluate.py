@@ -7,13 +7,16 @@
   python -m lensjax.evaluate weights/isnet --config isnet_sim:arcs         # imported IS-Net weights
   python -m lensjax.evaluate runs/original_isnet_arcs_cpu --protocol original          # beside the original's table
   python -m lensjax.evaluate runs/original_isnet_arcs_cpu --source irregular --crowded --noise jwst   # harder set
+  python -m lensjax.evaluate runs/original_isnet_arcs_cpu --protocol original --tta d4  # mean of 8 rotated views
 
 The table has one row per target and lensjax's definitions (confusion counts summed over every pixel of the
 split; `lensjax.metrics`): Dice, mean fg/bg IoU, the per-image min-max IoU (the original IS-Net rule, over
 every image), precision, recall, IoU, max F and MAE. `--protocol original` puts first the rows of the original's
 table this run reproduces, each under that row's own definitions (they differ from row to row:
-docs/results.md), with the original's number and the difference. `--source`, `--crowded` and `--noise` evaluate on
-harder simulated scenes (as `python -m lensjax.simulate`'s options; docs/harder-simulations.md). For simulated data
+docs/results.md), with the original's number and the difference. `--tta hflip` or `--tta d4` (test-time
+augmentation) scores the mean probability map of each image and its left-right mirror, or of its 8 rotations and
+mirrors (`train_step.predicted_probabilities`; the losses stay those of the image alone). `--source`,
+`--crowded` and `--noise` evaluate on harder simulated scenes (as `python -m lensjax.simulate`'s options; docs/harder-simulations.md). For simulated data
 it adds where the model fails: the per-image IoU averaged in quantile bins of the Einstein radius theta_E
 (arcsec), of the arcs' matched-filter signal-to-noise arc_snr and of their flux arc_flux (counts), over the
 lenses, with the non-lenses (no arcs) in a row of their own, and how well the catalog's Einstein-radius proxy
@@ -305,12 +308,15 @@ def hardest_cases(result: evaluation.Evaluation, count: int = HARDEST_IMAGES) ->
 
 
 def evaluate_run(run: LoadedRun, split: str, *, batch_size: int | None = None, num_bins: int = 4,
-                 mesh: jax.sharding.Mesh | None = None, protocol: str = "lensjax"
+                 mesh: jax.sharding.Mesh | None = None, protocol: str = "lensjax", tta: str = "none"
                  ) -> tuple[dict[str, Any], evaluation.Evaluation]:
   """Evaluates `run` on `split`; returns the report (what the JSON file holds) and the evaluation (per-image
-  results and the probability maps). `protocol='original'` adds the original's table rows (`original_protocol`)."""
+  results and the probability maps). `protocol='original'` adds the original's table rows (`original_protocol`);
+  `tta` averages each image's probabilities over views (`train_step.predicted_probabilities`)."""
   if protocol not in PROTOCOLS:
     raise ValueError(f"--protocol {protocol}: expected one of {', '.join(PROTOCOLS)}")
+  if tta not in train_step.TTA_VIEWS:
+    raise ValueError(f"--tta {tta}: expected one of {', '.join(train_step.TTA_VIEWS)}")
   config = run.config
   if config.data.source == "fits":
     raise ValueError("data.source='fits' has no masks to evaluate against; use python -m lensjax.predict")
@@ -324,7 +330,7 @@ def evaluate_run(run: LoadedRun, split: str, *, batch_size: int | None = None, n
   loader = data.make_loader(config, split, batch_size=batch_size // jax.process_count(), shuffle=False,
                             num_epochs=1, seed=0, with_edge=data.needs_edge(config))
   step = train_step.compile_eval_step(run.graphdef, train_step.make_loss_fn(config), mesh, run.state_sharding,
-                                      maps=True)
+                                      maps=True, tta=tta)
   result = evaluation.evaluate_split(step, run.state, loader, mesh, config.data.targets)
   bins = {}
   for key, _ in BINNED_PARAMETERS:
@@ -332,7 +338,7 @@ def evaluate_run(run: LoadedRun, split: str, *, batch_size: int | None = None, n
     if binned is not None:
       bins[key] = binned
   report = {"run": str(run.path), "checkpoint": run.description, "step": run.step, "split": split,
-            "data": config.data.source, "images": int(result.per_image["iou"].shape[0]),
+            "data": config.data.source, "images": int(result.per_image["iou"].shape[0]), "tta": tta,
             "targets": list(config.data.targets), "metrics": result.metrics, "iou_bins": bins,
             "theta_E_proxy": theta_e_proxy(run, split), "sim": describe_sim(config)}
   if protocol == "original":
@@ -397,7 +403,9 @@ def markdown(report: dict[str, Any]) -> str:
   """The report as Markdown: the original's table (`--protocol original`), lensjax's table, the binned IoU."""
   values = report["metrics"]
   lines = [f"# {report['run']}: {report['split']} split ({report['images']} images, {report['data']} data)", "",
-           f"Checkpoint: {report['checkpoint']}." + (f" Scenes: {report['sim']}." if report.get("sim") else ""), ""]
+           f"Checkpoint: {report['checkpoint']}." + (f" Scenes: {report['sim']}." if report.get("sim") else "")
+           + (f" Test-time augmentation: {report['tta']}, the mean of {train_step.TTA_VIEWS[report['tta']]} views."
+              if report.get("tta", "none") != "none" else ""), ""]
   if report.get("original_protocol"):
     lines += original_markdown(report["original_protocol"]) + ["## lensjax's metrics", ""]
   lines += [_row(["Target", *(title for _, title in TABLE_COLUMNS)]), _row(["---"] * (1 + len(TABLE_COLUMNS)))]
@@ -482,13 +490,16 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--config", default=None, help="for imported weights only: the config of the data")
   parser.add_argument("--protocol", default="lensjax", choices=PROTOCOLS,
                       help="original: also the original's table rows under its own definitions, beside its numbers")
+  parser.add_argument("--tta", default="none", choices=tuple(train_step.TTA_VIEWS),
+                      help="test-time augmentation: score the mean map of each image's mirrors (hflip) or of its 8 "
+                           "rotations and mirrors (d4); default none")
   simulate.add_scene_arguments(parser)
   args, overrides = cli.parse(parser, argv)
   parallel.initialize(parallel.options_from_env())
   overrides = [f"--config.sim.{k}={v}" for k, v in simulate.scene_fields(args).items()] + list(overrides)
   run = load_run(args.run_dir, args.checkpoint, config_name=args.config, overrides=overrides)
   report, result = evaluate_run(run, args.split, batch_size=args.batch_size, num_bins=args.bins,
-                                protocol=args.protocol)
+                                protocol=args.protocol, tta=args.tta)
   if parallel.is_main_process():
     # The table first: a run directory that cannot be written to (read-only, full) costs only the files.
     text = markdown(report)

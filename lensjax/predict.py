@@ -319,9 +319,7 @@ def compile_forward(graphdef, mesh, state_sharding):
   """(state, batch) -> (B, H, W, K) probabilities, jitted: the network in inference mode on `batch`'s inputs."""
 
   def forward(state, batch):
-    model = train_step.inference_network(graphdef, state)
-    logits = model.prediction(train_step.apply_network(model, batch))
-    return jax.nn.sigmoid(logits.astype(np.float32))
+    return train_step.predicted_probabilities(train_step.inference_network(graphdef, state), batch)
 
   return jax.jit(forward, in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
                  out_shardings=parallel.replicated(mesh))

@@ -126,6 +126,42 @@ def apply_network(model, batch: dict[str, jax.Array], rngs: nnx.Rngs | None = No
   return model(*(batch[k] for k in model.input_keys), rngs=rngs)
 
 
+TTA_VIEWS = {"none": 1, "hflip": 2, "d4": 8}   # test-time augmentation: how many views' probabilities are averaged
+
+
+def _view(array: jax.Array, rotations: int, flip: bool) -> jax.Array:
+  """(B, H, W, C) rotated `rotations` x 90 degrees in (H, W), then mirrored left-right if `flip` (what
+  `data.transforms.d4` does to one image)."""
+  array = jnp.rot90(array, rotations, axes=(1, 2))
+  return jnp.flip(array, 2) if flip else array
+
+
+def _unview(array: jax.Array, rotations: int, flip: bool) -> jax.Array:
+  """The inverse of `_view`: a view's map back in the image's orientation."""
+  array = jnp.flip(array, 2) if flip else array
+  return jnp.rot90(array, -rotations, axes=(1, 2))
+
+
+def predicted_probabilities(model, batch: dict[str, jax.Array], tta: str = "none") -> jax.Array:
+  """(B, H, W, K) float32 probabilities of `model` (in inference mode) on `batch`'s inputs.
+
+  `tta` (test-time augmentation): 'none' one pass; 'hflip' the mean over the image and its left-right mirror;
+  'd4' the mean over its 8 rotations and mirrors, each view's map turned back first. Simulated lenses are
+  isotropic, so each view is as likely a scene as the image itself (docs/results.md, "Test-time augmentation").
+  """
+  if tta not in TTA_VIEWS:
+    raise ValueError(f"tta={tta!r}: expected one of {', '.join(TTA_VIEWS)}")
+  height, width = batch[model.input_keys[0]].shape[1:3]
+  if tta == "d4" and height != width:
+    raise ValueError(f"tta='d4' rotates the images: they must be square, not {height} x {width}")
+  views = [(rotations, flip) for rotations in range(4) for flip in (False, True)][:TTA_VIEWS[tta]]
+  total = 0.0
+  for rotations, flip in views:
+    logits = model.prediction(apply_network(model, {k: _view(batch[k], rotations, flip) for k in model.input_keys}))
+    total = total + jax.nn.sigmoid(_unview(logits, rotations, flip).astype(jnp.float32))
+  return total / len(views)
+
+
 def _encoder_features(frozen: FrozenEncoder, state, batch):
   encoder = nnx.merge(frozen.graphdef, state)
   encoder.eval()     # running statistics: the targets depend on each mask alone, not on the batch
@@ -175,14 +211,15 @@ def inference_network(graphdef, state) -> nnx.Module:
   return model
 
 
-def eval_step_fn(graphdef, loss_fn: LossFn, panel_images: int = 0, maps: bool = False):
+def eval_step_fn(graphdef, loss_fn: LossFn, panel_images: int = 0, maps: bool = False, tta: str = "none"):
   """The pure evaluation step (state, batch) -> outputs, with BatchNorm on running statistics.
 
   Outputs: the losses; `sums` (`metrics.batch_sums`, padding rows excluded); `per_image`: `iou` (B, K) at
   the 0.5 threshold, `valid` (B,), `index` (B,) and the simulation parameters the batch carries (B,); when
   `panel_images` > 0, `panel` (panel_images, H, W, K): the probabilities of the first rows; and with `maps`,
   `maps`: the whole batch's `probabilities` (B, H, W, K), `mask` (B, H, W, K) and `image` (B, H, W, 1) (its
-  first channel), for metrics computed on the host over a whole split.
+  first channel), for metrics computed on the host over a whole split. With `tta` other than 'none', every
+  output but the losses comes from the probabilities averaged over views (`predicted_probabilities`).
   """
 
   def step(state, batch):
@@ -190,6 +227,8 @@ def eval_step_fn(graphdef, loss_fn: LossFn, panel_images: int = 0, maps: bool = 
     outputs = apply_network(model, batch)
     loss, terms = loss_fn(outputs, batch)
     logits = model.prediction(outputs)
+    if tta != "none":   # the averaged map as logits, for the metrics that threshold logits at 0
+      logits = jax.scipy.special.logit(jnp.clip(predicted_probabilities(model, batch, tta), 1e-7, 1 - 1e-7))
     per_image = {"iou": metrics.per_image_iou(logits, batch["mask"]), "valid": batch["valid"],
                  "index": batch["index"], **{k: batch[k] for k in sources.SIM_METADATA if k in batch}}
     out = {"loss": loss, **terms, "sums": metrics.batch_sums(logits, batch["mask"], batch["valid"]),
@@ -204,9 +243,10 @@ def eval_step_fn(graphdef, loss_fn: LossFn, panel_images: int = 0, maps: bool = 
   return step
 
 
-def compile_eval_step(graphdef, loss_fn: LossFn, mesh, state_sharding, panel_images: int = 0, maps: bool = False):
+def compile_eval_step(graphdef, loss_fn: LossFn, mesh, state_sharding, panel_images: int = 0, maps: bool = False,
+                      tta: str = "none"):
   """`eval_step_fn` under `jax.jit`: batch split on `data`, every output replicated (readable anywhere)."""
-  return jax.jit(eval_step_fn(graphdef, loss_fn, panel_images, maps),
+  return jax.jit(eval_step_fn(graphdef, loss_fn, panel_images, maps, tta),
                  in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
                  out_shardings=parallel.replicated(mesh))
 

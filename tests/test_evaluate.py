@@ -158,3 +158,45 @@ def test_a_damaged_checkpoint_is_one_error_line(run_dir, tmp_path, tmp_path_fact
   assert output.count("\n") == 1 and output.startswith(f"error: checkpoint {step_dir} "), output[-3000:]
   assert ("cut short" if with_digests else "does not restore") in output
   assert "Traceback" not in output and "Event loop is closed" not in output
+
+
+def test_test_time_augmentation_averages_views_turned_back_into_the_images_orientation():
+  import jax
+  import jax.numpy as jnp
+  from lensjax import train_step
+  from lensjax.models import build
+  model = build("isnet", in_channels=1, out_channels=2, width=0.125, depth=2, seed=0)
+  model.eval()
+  image = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 1)), jnp.float32)
+  probabilities = lambda x, tta: np.asarray(train_step.predicted_probabilities(model, {"image": x}, tta))
+  rotate = lambda a: np.rot90(np.asarray(a), 1, axes=(1, 2))
+  mirror = lambda a: np.flip(np.asarray(a), 2)
+  plain = probabilities(image, "none")
+  np.testing.assert_array_equal(plain, np.asarray(jax.nn.sigmoid(model.prediction(model(image)))))
+  assert not np.allclose(probabilities(rotate(image), "none"), rotate(plain), atol=1e-3)    # the network is not
+  assert not np.allclose(probabilities(mirror(image), "none"), mirror(plain), atol=1e-3)   # symmetric by itself
+  hflip = probabilities(image, "hflip")
+  np.testing.assert_allclose(hflip, (plain + mirror(probabilities(mirror(image), "none"))) / 2, atol=1e-6)
+  np.testing.assert_allclose(probabilities(mirror(image), "hflip"), mirror(hflip), atol=1e-6)
+  d4 = probabilities(image, "d4")
+  for turn in (rotate, mirror, lambda a: rotate(mirror(a))):
+    np.testing.assert_allclose(probabilities(turn(image), "d4"), turn(d4), atol=1e-6)
+  with pytest.raises(ValueError, match="square"):
+    probabilities(image[:, :8], "d4")
+  with pytest.raises(ValueError, match="tta='flip'"):
+    probabilities(image, "flip")
+
+
+@pytest.mark.slow
+def test_evaluate_with_tta_scores_the_averaged_maps_and_says_so(run_dir):
+  run = evaluate.load_run(run_dir)
+  plain, _ = evaluate.evaluate_run(run, "val")
+  report, result = evaluate.evaluate_run(run, "val", tta="d4")
+  assert plain["tta"] == "none" and report["tta"] == "d4"
+  assert "Test-time augmentation: d4, the mean of 8 views." in evaluate.markdown(report)
+  assert "Test-time augmentation" not in evaluate.markdown(plain)
+  assert report["metrics"]["loss"] == pytest.approx(plain["metrics"]["loss"], rel=1e-5)   # losses: the image alone
+  assert report["metrics"]["dice/arcs"] != plain["metrics"]["dice/arcs"]
+  assert 0.0 <= result.maps["probabilities"].min() and result.maps["probabilities"].max() <= 1.0
+  with pytest.raises(ValueError, match="--tta"):
+    evaluate.evaluate_run(run, "val", tta="flip")
