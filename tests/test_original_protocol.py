@@ -19,10 +19,12 @@ def test_each_row_is_the_originals_protocol(row, cpu):
   network, target = row.split("_")
   assert config.model.name == network and config.data.targets == (target,)
   assert config.name == f"original_{row}" + ("_cpu" if cpu else "")
-  # Pristine 125 px scenes, masks by the original's percentiles, its normalisation and x10 boost.
+  # Pristine 125 px scenes, masks by the original's percentiles, its normalisation and x10 boost (off for the
+  # IS-Net lens on a CPU budget: the boost costs that row accuracy, docs/results.md).
   assert (config.sim.image_size, config.sim.noise, config.sim.mask_rule) == (125, "none", "percentile")
   assert (config.sim.lens_mask_percentile, config.sim.arc_mask_percentile) == (99.0, 95.0)
-  assert (config.data.normalize, config.data.arc_boost) == ("original", 10.0)
+  boost = 1.0 if cpu and row == "isnet_lens" else 10.0
+  assert (config.data.normalize, config.data.arc_boost) == ("original", boost)
   assert config.checkpoint.best_metric == f"maxf/{target}" and config.train.early_stop_evals > 0
   sizes = (config.data.sim_train_size, config.data.sim_val_size, config.data.sim_test_size)
   if row == "isnet_arcs":         # lenses only, the original's fixed 7,992 / 965 split; the other lenses test
