@@ -35,8 +35,9 @@ before the temporary directory is renamed to the step, so a committed step alway
 and SHA-256 first; a mismatch makes the step broken like a truncated one: `restore_latest` warns, uses the
 previous step and moves the broken one aside. Steps saved before digests existed restore unverified.
 
-Stop signals: `StopSignals` turns SIGTERM (Slurm preemption, `scancel`) and SIGUSR1 (`sbatch --signal`) into
-a request that every process sees at the same step boundary, where the training loop saves and exits 0.
+Stop signals: `StopSignals` turns SIGTERM (Slurm preemption, `scancel`), SIGUSR1 (`sbatch --signal`) and the
+first Ctrl-C (SIGINT) into a request that every process sees at the same step boundary, where the training loop
+saves and exits 0. Ctrl-C while a stop is pending aborts at once, without saving.
 
 Every process must call `save`, `restore` and `restore_latest` (they synchronise); only process 0 prints.
 """
@@ -80,7 +81,7 @@ DIGEST_ALGORITHM = "sha256"
 ORBAX_TMP_SUFFIX = ".orbax-checkpoint-tmp"
 TRAINING_ITEMS = ("state", "data_iter", "meta", "config")
 INFERENCE_ITEMS = ("state", "meta", "config")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # Orbax gives an asynchronous save a wall-clock deadline (20 min by default) and fails the save, and with it the
 # training, once the clock has passed it, even when the files are written the moment the process runs again. A
 # process that is suspended while a save is in flight (a laptop asleep, Ctrl-Z, Slurm's `scontrol suspend`) wakes
@@ -432,14 +433,15 @@ def _all_processes_agree(ok: bool) -> bool:
 
 
 class StopSignals:
-  """SIGTERM and SIGUSR1 become a stop request that all processes act on at the same step boundary.
+  """SIGTERM, SIGUSR1 and Ctrl-C (SIGINT) become a stop request that all processes act on at the same step boundary.
 
   Use as a context manager around the training loop (it installs the handlers in the main thread and puts
   the previous ones back on exit) and call `agreed()` once per step, on every process. With one process
   the answer is immediate. With several, each step starts a tiny all-reduce (max over processes) of the
   flags and `agreed()` returns the result of the previous step's, which is ready by then: no process
-  waits for another, and all see the request at the same step. A second signal does not hurry things up:
-  the save at the boundary is the point.
+  waits for another, and all see the request at the same step. A second SIGTERM or SIGUSR1 does not hurry
+  things up: the save at the boundary is the point. Ctrl-C while a stop is pending does: it raises
+  KeyboardInterrupt, as Ctrl-C does outside training (the steps since the last checkpoint are lost).
   """
 
   def __init__(self, mesh: jax.sharding.Mesh):
@@ -454,7 +456,7 @@ class StopSignals:
       for signum in STOP_SIGNALS:
         self._previous[signum] = signal.signal(signum, self._handle)
     else:
-      log.warning("not in the main thread: SIGTERM/SIGUSR1 will not trigger a checkpoint")
+      log.warning("not in the main thread: SIGTERM, SIGUSR1 and Ctrl-C will not trigger a checkpoint")
     return self
 
   def __exit__(self, *exc) -> None:
@@ -466,6 +468,11 @@ class StopSignals:
     del frame
     if self.received is None:
       self.received = signal.Signals(signum).name
+      if signum == signal.SIGINT and jax.process_index() == 0:
+        print("Ctrl-C: saving a checkpoint at the end of this step, then stopping (Ctrl-C again: stop now, "
+              "without saving)", file=sys.stderr, flush=True)
+    elif signum == signal.SIGINT:
+      raise KeyboardInterrupt
 
   def agreed(self) -> bool:
     """Whether the run stops at this step boundary (the same answer on every process)."""

@@ -26,8 +26,9 @@ which deletes the earlier run's checkpoints, metrics and figures first (and refu
 lensjax run). The config, the device count, the model and the datasets are all checked before anything is
 written, so a start that fails leaves the run directory as it was (`lensjax.run_directory`).
 
-Stopping: SIGTERM (Slurm preemption, `scancel`) or SIGUSR1 (`sbatch --signal=B:USR1@120`) makes every process
-save a checkpoint at the next step boundary and exit 0, so a requeued job continues where it stopped. A hard
+Stopping: SIGTERM (Slurm preemption, `scancel`), SIGUSR1 (`sbatch --signal=B:USR1@120`) or Ctrl-C makes every
+process save a checkpoint at the next step boundary and exit 0, so a requeued job continues where it stopped
+(a second Ctrl-C stops at once, without saving). A hard
 kill (kill -9, a node failure) loses at most the steps since the last complete checkpoint (one interval, two
 if it strikes while a checkpoint is being written) and never leaves a checkpoint that restores wrongly.
 

@@ -221,14 +221,28 @@ def test_bad_options_name_the_field(tmp_path):
     checkpoint.Checkpoints(tmp_path, cfg.CheckpointConfig(every_steps=-1))
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
 def test_a_stop_signal_becomes_a_request_and_the_handlers_are_put_back(signum):
   before = signal.getsignal(signum)
   with checkpoint.StopSignals(parallel.make_mesh()) as stop:
     assert not stop.agreed()
     os.kill(os.getpid(), signum)
     assert stop.agreed() and stop.received == signal.Signals(signum).name
+    if signum != signal.SIGINT:   # a second SIGTERM or SIGUSR1 changes nothing (a second Ctrl-C: below)
+      os.kill(os.getpid(), signum)
+      assert stop.agreed() and stop.received == signal.Signals(signum).name
   assert signal.getsignal(signum) == before
+
+
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_while_a_stop_is_pending_stops_at_once(first, capsys):
+  with checkpoint.StopSignals(parallel.make_mesh()) as stop:
+    os.kill(os.getpid(), first)
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+    assert stop.received == signal.Signals(first).name
+  assert ("Ctrl-C again: stop now" in capsys.readouterr().err) == (first == signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 SHARDED_SCRIPT = """

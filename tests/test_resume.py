@@ -1,8 +1,9 @@
-"""Runs that survive: SIGTERM saves and exits 0, kill -9 mid-save loses little, and a resumed run ends with
+"""Runs that survive: SIGTERM and Ctrl-C save and exit 0, kill -9 mid-save loses little, and a resumed run ends with
 exactly the losses and parameters of the uninterrupted one; a different config or a broken checkpoint is
 handled, never silently."""
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -103,6 +104,28 @@ def test_sigterm_then_kill_9_mid_save_resume_to_exactly_the_uninterrupted_run(re
   assert step == reference_step == tiny_run.NUM_STEPS and len(leaves) == len(reference_leaves)
   for got, want in zip(leaves, reference_leaves):
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_a_grain_worker_saves_and_the_rerun_ends_as_the_uninterrupted_run(reference, tmp_path,
+                                                                                    tmp_path_factory):
+  # Ctrl-C in a terminal sends SIGINT to the whole process group: the training process and its Grain worker.
+  cache = tiny_run.compile_cache(tmp_path_factory)
+  workdir = tmp_path / "run"
+  args = ["--workdir", str(workdir), *tiny_run.TINY, "--config.data.worker_count=1"]
+  log = tmp_path / "ctrl_c.log"
+  process = tiny_run.start("lensjax.train", args, cache, log, new_session=True)
+  _wait_for(lambda: _last_step(workdir) >= 8, process, log)
+  os.killpg(process.pid, signal.SIGINT)
+  assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+  text = log.read_text()
+  assert "Ctrl-C: saving a checkpoint" in text and "Traceback" not in text, text[-3000:]
+  stopped = int(re.search(r"SIGINT received: saved the checkpoint of step (\d+)", text)[1])
+  assert 8 <= stopped < tiny_run.NUM_STEPS and (workdir / "checkpoints" / str(stopped)).is_dir()
+
+  code, output = tiny_run.run("lensjax.train", args, cache, tmp_path / "rerun.log")
+  assert code == 0 and f"resumed from step {stopped} " in output, output[-3000:]
+  assert tiny_run.read_metrics(workdir) == tiny_run.read_metrics(reference)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])

@@ -29,6 +29,7 @@ restored iterator yields exactly the batches the uninterrupted one would have.
 from __future__ import annotations
 
 import math
+import signal
 
 import grain
 import numpy as np
@@ -68,6 +69,13 @@ def _allow_worker_processes() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
+
+
+def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
+  """Grain worker start-up: Ctrl-C in a terminal reaches every process of the group; the training process turns
+  it into a checkpoint at the next step (`checkpoint.StopSignals`), which needs its workers alive until then."""
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _derived_seed(seed: int, shard_index: int, stream: int) -> int:
@@ -132,7 +140,8 @@ def make_loader(config: cfg.Config, split: str, *, batch_size: int, shuffle: boo
   if data.worker_count:
     _allow_worker_processes()
     loader = loader.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=data.worker_count, per_worker_buffer_size=data.worker_buffer_size))
+        num_workers=data.worker_count, per_worker_buffer_size=data.worker_buffer_size),
+        worker_init_fn=_ignore_interrupts)
   return loader
 
 

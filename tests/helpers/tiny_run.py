@@ -50,11 +50,13 @@ def command_env(cache_dir: pathlib.Path) -> dict[str, str]:
   return env
 
 
-def start(module: str, args: list[str], cache_dir: pathlib.Path, log: pathlib.Path) -> subprocess.Popen:
-  """Starts `python -m module args...` with its output going to `log`."""
+def start(module: str, args: list[str], cache_dir: pathlib.Path, log: pathlib.Path, *,
+          new_session: bool = False) -> subprocess.Popen:
+  """Starts `python -m module args...` with its output going to `log`; `new_session`: in a process group of its
+  own, as a terminal runs a command (`os.killpg` then reaches it and its children, as Ctrl-C does)."""
   with open(log, "w") as out:
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=command_env(cache_dir),
-                            stdout=out, stderr=subprocess.STDOUT)
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=new_session)
 
 
 def run(module: str, args: list[str], cache_dir: pathlib.Path, log: pathlib.Path, timeout: float = 900
