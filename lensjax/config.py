@@ -427,12 +427,17 @@ class DataConfig:
                         "(train, val, test) that sum to 1")
     if len(self.ct_hu_range) != 2 or not self.ct_hu_range[0] < self.ct_hu_range[1]:
       raise ConfigError(f"config.data.ct_hu_range={self.ct_hu_range!r}: expected (low, high) with low < high")
+    self.check_preprocessing()
+    for name in ("worker_count", "worker_buffer_size", "read_threads", "prefetch_batches"):
+      _check_range(f"data.{name}", getattr(self, name), 0, None, "a count")
+
+  def check_preprocessing(self) -> None:
+    """The checks of the per-image preprocessing fields alone (`lensjax.data.make_preprocessor` runs them for
+    configs that are not checked whole, such as `predict`'s)."""
     _check_range("data.normalize_percentile", self.normalize_percentile, 0, 100, "a percentile", low_open=True)
     _check_range("data.arc_boost", self.arc_boost, 1, None, "a factor; 1 disables the boost")
     for name in ("resize_to", "pad_to", "crop_size"):
       _check_range(f"data.{name}", getattr(self, name), 0, None, "pixels, or 0 for off")
-    for name in ("worker_count", "worker_buffer_size", "read_threads", "prefetch_batches"):
-      _check_range(f"data.{name}", getattr(self, name), 0, None, "a count")
 
 
 @dataclasses.dataclass

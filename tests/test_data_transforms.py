@@ -233,3 +233,11 @@ def test_the_config_selects_the_original_preprocessing():
   out = sources.make_preprocessor(config, with_edge=False)({"image": image})["image"]
   expected = _original_boost_reference(_original_normalize_reference(image[..., 0]), 10.0)
   np.testing.assert_array_equal(out[..., 0], expected.astype(np.float32) / np.float32(255))
+
+
+@pytest.mark.parametrize("key, value", [("arc_boost", 0.5), ("normalize_percentile", 0.0), ("pad_to", -1)])
+def test_make_preprocessor_rejects_a_bad_preprocessing_field_by_its_config_key(key, value):
+  config = cfg.Config()
+  setattr(config.data, key, value)   # not through parse_overrides: predict builds configs that are not checked whole
+  with pytest.raises(cfg.ConfigError, match=f"config.data.{key}="):
+    sources.make_preprocessor(config, with_edge=False)

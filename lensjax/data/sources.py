@@ -274,13 +274,7 @@ def needs_edge(config: cfg.Config) -> bool:
 def make_preprocessor(config: cfg.Config, *, with_edge: bool) -> transforms.Preprocessor:
   """The `transforms.Preprocessor` that `config.data` describes."""
   data = config.data
-  for name in ("resize_to", "pad_to", "crop_size"):
-    if getattr(data, name) < 0:
-      raise ValueError(f"data.{name}={getattr(data, name)}: expected a size in pixels, or 0 for off")
-  if not 0 < data.normalize_percentile <= 100:
-    raise ValueError(f"data.normalize_percentile={data.normalize_percentile}: expected a percentile in (0, 100]")
-  if data.arc_boost < 1:
-    raise ValueError(f"data.arc_boost={data.arc_boost}: expected a factor >= 1 (1 disables the boost)")
+  data.check_preprocessing()
   return transforms.Preprocessor(
       normalize=resolved_normalize(data), normalize_percentile=data.normalize_percentile,
       arc_boost=data.arc_boost, resize_to=data.resize_to, pad_to=data.pad_to, crop_size=data.crop_size,
