@@ -184,7 +184,7 @@ def _run(*arguments: str, **env) -> str:
 
 
 # A dilated conv's loss and gradients against lax's; with the argument "sharded", the batch is split over a
-# two-device mesh.
+# two-device mesh; with "batch N", a batch of N images (4 otherwise).
 CONV_AGAINST_XLA = textwrap.dedent("""
     import sys
     import jax, jax.numpy as jnp, numpy as np
@@ -193,7 +193,8 @@ CONV_AGAINST_XLA = textwrap.dedent("""
     from lensjax.models.layers import conv_general_dilated
     NHWC = ("NHWC", "HWIO", "NHWC")
     rng = np.random.default_rng(3)
-    x = jnp.asarray(rng.standard_normal((4, 8, 8, 3)), jnp.float32)
+    batch = int(sys.argv[2]) if sys.argv[1:2] == ["batch"] else 4
+    x = jnp.asarray(rng.standard_normal((batch, 8, 8, 3)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((3, 3, 3, 5)), jnp.float32)
     def loss(conv, x, w):
       return jnp.sum(jnp.sin(conv(x, w, (1, 1), ((2, 2), (2, 2)), rhs_dilation=(2, 2), dimension_numbers=NHWC)))
@@ -212,6 +213,22 @@ CONV_AGAINST_XLA = textwrap.dedent("""
     print("input gradient sharding:", dx.sharding.spec if hasattr(dx.sharding, "spec") else None)
     print("available:", onednn.available(), "|", onednn.status())
 """)
+
+
+@pytest.mark.parametrize("batch", [4, 3])
+def test_a_convolution_cut_into_batch_parts_on_xlas_thread_pool_matches_xlas(batch):
+  # With a team threshold of 0 every call is large enough to be cut into one batch part per thread of XLA's pool
+  # (onednn_conv.cc, Threads); a batch that does not split evenly into them runs whole (on 2 cores: batch 4 in
+  # parts of 2, batch 3 whole). oneDNN's verbose log names the
+  # minibatch of each primitive it executes.
+  stdout = _run("batch", str(batch), LENSJAX_ONEDNN_TEAM_MIN_MACS="0", ONEDNN_VERBOSE="1")
+  assert f"calls oneDNN: {_onednn_expected()}" in stdout
+  if _onednn_expected():
+    threads = len(os.sched_getaffinity(0))
+    parts = threads if batch % threads == 0 else 1
+    executed = {line.split(",")[-2].split("_")[0] for line in stdout.splitlines()
+                if line.startswith("onednn_verbose,exec") and ",convolution," in line}
+    assert executed == {f"mb{batch // parts}"}, executed
 
 
 def test_switched_off_by_the_environment_the_convolutions_are_xlas():

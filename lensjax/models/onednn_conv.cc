@@ -11,9 +11,13 @@
 // activations stay NHWC. Primitives are built once per shape and kept in a process-wide cache.
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -37,13 +41,31 @@ namespace {
 
 // Convolutions of fewer multiply-adds run on one thread, without a lock: XLA runs independent ones (a
 // convolution's dX and dW, parallel branches) on its other threads meanwhile, and a team's start-up and
-// synchronisation cost more than they save on such small work. Larger ones get the whole team, one at a time.
-// Forward convolutions mostly follow one another (a forward pass is a chain), so they take the team from a lower
-// size than the gradients, which come in independent pairs (docs/cpu-speed.md, "Threads per call").
+// synchronisation cost more than they save on such small work. Larger ones run on several threads (see Threads).
+// Forward convolutions mostly follow one another (a forward pass is a chain), so they take several threads from a
+// lower size than the gradients, which come in independent pairs (docs/cpu-speed.md, "Threads per call").
 constexpr double kForwardTeamMinMacs = 1e8;
 constexpr double kBackwardTeamMinMacs = 5e8;
 
 enum class Kind { kForward, kBackwardData, kBackwardWeights };
+
+// How a convolution of at least the team threshold runs on several threads. `kPool` (the default): its batch is
+// cut into one equal part per thread of XLA's own CPU thread pool, each part a one-thread oneDNN call, run by the
+// calling thread and the pool's others as they come free; so oneDNN never starts threads of its own beside XLA's
+// and nothing oversubscribes the cores (docs/cpu-speed.md, "Threads per call"). `kTeam`: oneDNN's OpenMP team,
+// one such call at a time. LENSJAX_ONEDNN_THREADS=team|pool overrides the default, read once per process. A batch
+// that does not split into one equal part per pool thread (fewer images than threads included: the team would
+// leave no core idle), a pool of one thread and a bfloat16 kernel gradient (whose parts would be summed in
+// bfloat16) take the team.
+enum class Threads { kPool, kTeam };
+
+Threads ThreadsMode() {
+  static const Threads mode = [] {
+    const char* text = std::getenv("LENSJAX_ONEDNN_THREADS");
+    return text != nullptr && std::string(text) == "team" ? Threads::kTeam : Threads::kPool;
+  }();
+  return mode;
+}
 
 // The team threshold of `kind`. LENSJAX_ONEDNN_TEAM_MIN_MACS overrides both ("N") or each ("FORWARD,BACKWARD"),
 // read once per process, for measuring other thresholds.
@@ -230,43 +252,156 @@ class TeamSize {
   int previous_;
 };
 
-// Runs the cached primitive: `weights` is the caller's HWIO kernel (read, or written for backward weights).
-ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst) {
+// Executes a cached primitive on `stream` with the calling thread's scratchpad: `weights` is already in the layout
+// the primitive reads or writes (entry.weights_desc).
+void Execute(Kind kind, const Entry& entry, const Geometry& g, void* src, void* weights, void* dst,
+             dnnl::stream& stream) {
+  dnnl::engine& engine = Engine();
+  thread_local ThreadBuffer scratch_buffer;
+  dnnl::memory src_memory(g.src(), engine, src), dst_memory(g.dst(), engine, dst);
+  dnnl::memory weights_memory(entry.weights_desc, engine, weights);
+  dnnl::memory scratchpad({{static_cast<int64_t>(entry.scratchpad_bytes)}, dnnl::memory::data_type::u8,
+                           dnnl::memory::format_tag::x},
+                          engine, scratch_buffer.Get(entry.scratchpad_bytes));
+  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SCRATCHPAD, scratchpad}};
+  if (kind == Kind::kForward) {
+    args.insert({{DNNL_ARG_SRC, src_memory}, {DNNL_ARG_WEIGHTS, weights_memory}, {DNNL_ARG_DST, dst_memory}});
+  } else if (kind == Kind::kBackwardData) {
+    args.insert({{DNNL_ARG_DIFF_SRC, src_memory}, {DNNL_ARG_WEIGHTS, weights_memory},
+                 {DNNL_ARG_DIFF_DST, dst_memory}});
+  } else {
+    args.insert({{DNNL_ARG_SRC, src_memory}, {DNNL_ARG_DIFF_WEIGHTS, weights_memory},
+                 {DNNL_ARG_DIFF_DST, dst_memory}});
+  }
+  entry.primitive.execute(stream, args);
+  stream.wait();
+}
+
+// Runs `parts` tasks, task(0) .. task(parts - 1), on the calling thread and on the threads of XLA's pool that come
+// free meanwhile; returns when all have run. The caller takes tasks until none is left, then waits only for those
+// other threads have started, so a busy pool costs no waiting. The first exception of a task is rethrown.
+void RunParts(ffi::ThreadPool& pool, int parts, const std::function<void(int)>& task) {
+  struct Job {
+    std::atomic<int> next{0};
+    int parts = 0, done = 0;
+    const std::function<void(int)>* task = nullptr;  // valid while the caller waits: tasks start before it returns
+    std::mutex mutex;
+    std::condition_variable finished;
+    std::exception_ptr error;
+  };
+  auto job = std::make_shared<Job>();
+  job->parts = parts;
+  job->task = &task;
+  auto take_tasks = [](Job& job) {
+    for (int part; (part = job.next.fetch_add(1)) < job.parts;) {
+      std::exception_ptr error;
+      try {
+        (*job.task)(part);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lock(job.mutex);
+      if (error && !job.error) job.error = error;
+      if (++job.done == job.parts) job.finished.notify_all();
+    }
+  };
+  for (int helper = 1; helper < parts; ++helper) pool.Schedule([job, take_tasks] { take_tasks(*job); });
+  take_tasks(*job);
+  std::unique_lock<std::mutex> lock(job->mutex);
+  job->finished.wait(lock, [&] { return job->done == job->parts; });
+  if (job->error) std::rethrow_exception(job->error);
+}
+
+// The batch parts `kind` runs in on `pool`, or 1 for a whole call (see Threads).
+int64_t BatchParts(Kind kind, const Geometry& g, ffi::ThreadPool& pool) {
+  if (ThreadsMode() != Threads::kPool || g.macs() < TeamMinMacs(kind)) return 1;
+  if (kind == Kind::kBackwardWeights && g.type != dnnl::memory::data_type::f32) return 1;
+  const int64_t threads = pool.num_threads();
+  return threads > 1 && g.n % threads == 0 ? threads : 1;
+}
+
+// Runs a convolution as `parts` equal batch parts on one thread each (see Threads). Forward and input-gradient
+// parts read the kernel, reordered once, and write their own images of the result; kernel-gradient parts each
+// write a partial kernel gradient, summed in part order into the first (float32).
+void RunInParts(Kind kind, const Geometry& g, int64_t parts, ffi::ThreadPool& pool, void* src, void* weights,
+                void* dst) {
+  TeamSize one_thread(1);
+  Geometry part = g;
+  part.n = g.n / parts;
+  const Entry& entry = Lookup(kind, part);
+  const size_t element = g.type == dnnl::memory::data_type::f32 ? 4 : 2;
+  const size_t src_step = part.n * g.h * g.w * g.in * element, dst_step = part.n * g.oh * g.ow * g.out * element;
+  dnnl::engine& engine = Engine();
+  dnnl::stream stream(engine);
+  dnnl::memory user_weights(g.weights(), engine, weights);
+  char* src_bytes = static_cast<char*>(src);
+  char* dst_bytes = static_cast<char*>(dst);
+  thread_local ThreadBuffer weights_buffer;
+  if (kind != Kind::kBackwardWeights) {
+    void* kernel = weights;
+    if (entry.weights_reordered) {
+      kernel = weights_buffer.Get(entry.weights_desc.get_size());
+      dnnl::memory reordered(entry.weights_desc, engine, kernel);
+      entry.weights_reorder.execute(stream, user_weights, reordered);
+      stream.wait();
+    }
+    RunParts(pool, static_cast<int>(parts), [&](int i) {
+      dnnl::stream part_stream(engine);
+      TeamSize team(1);
+      Execute(kind, entry, part, src_bytes + i * src_step, kernel, dst_bytes + i * dst_step, part_stream);
+    });
+    return;
+  }
+  // Partial kernel gradients: part 0 writes the user's buffer where no reorder is needed, the rest a buffer each.
+  const size_t bytes = entry.weights_desc.get_size();
+  const bool direct = !entry.weights_reordered;
+  char* partials = static_cast<char*>(weights_buffer.Get(bytes * (direct ? parts - 1 : parts)));
+  auto partial = [&](int64_t i) -> void* {
+    return direct ? (i == 0 ? weights : partials + (i - 1) * bytes) : partials + i * bytes;
+  };
+  RunParts(pool, static_cast<int>(parts), [&](int i) {
+    dnnl::stream part_stream(engine);
+    TeamSize team(1);
+    Execute(kind, entry, part, src_bytes + i * src_step, partial(i), dst_bytes + i * dst_step, part_stream);
+  });
+  float* sum = static_cast<float*>(partial(0));
+  const size_t count = bytes / sizeof(float);
+  for (int64_t i = 1; i < parts; ++i) {
+    const float* add = static_cast<const float*>(partial(i));
+    for (size_t k = 0; k < count; ++k) sum[k] += add[k];
+  }
+  if (!direct) {
+    dnnl::memory reordered(entry.weights_desc, engine, sum);
+    entry.weights_reorder.execute(stream, reordered, user_weights);
+    stream.wait();
+  }
+}
+
+// Runs the convolution: `weights` is the caller's HWIO kernel (read, or written for backward weights).
+ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst, ffi::ThreadPool& pool) {
   try {
+    if (const int64_t parts = BatchParts(kind, g, pool); parts > 1) {
+      RunInParts(kind, g, parts, pool, src, weights, dst);
+      return ffi::Error::Success();
+    }
     TeamSize team(g.macs() < TeamMinMacs(kind) ? 1 : omp_get_max_threads());
     const Entry& entry = Lookup(kind, g);
     std::unique_lock<std::mutex> one_at_a_time(ExecutionMutex(), std::defer_lock);
     if (team.threads() > 1) one_at_a_time.lock();  // a one-thread call starts no team: no need to wait
     dnnl::engine& engine = Engine();
     dnnl::stream stream(engine);
-    dnnl::memory src_memory(g.src(), engine, src), dst_memory(g.dst(), engine, dst);
     dnnl::memory user_weights(g.weights(), engine, weights);
-    thread_local ThreadBuffer weights_buffer, scratch_buffer;
-    dnnl::memory primitive_weights =
-        entry.weights_reordered
-            ? dnnl::memory(entry.weights_desc, engine, weights_buffer.Get(entry.weights_desc.get_size()))
-            : user_weights;
-    dnnl::memory scratchpad({{static_cast<int64_t>(entry.scratchpad_bytes)}, dnnl::memory::data_type::u8,
-                             dnnl::memory::format_tag::x},
-                            engine, scratch_buffer.Get(entry.scratchpad_bytes));
+    thread_local ThreadBuffer weights_buffer;
+    void* kernel = entry.weights_reordered ? weights_buffer.Get(entry.weights_desc.get_size()) : weights;
+    dnnl::memory primitive_weights(entry.weights_desc, engine, kernel);
     if (kind != Kind::kBackwardWeights && entry.weights_reordered) {
       entry.weights_reorder.execute(stream, user_weights, primitive_weights);
     }
-    std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SCRATCHPAD, scratchpad}};
-    if (kind == Kind::kForward) {
-      args.insert({{DNNL_ARG_SRC, src_memory}, {DNNL_ARG_WEIGHTS, primitive_weights}, {DNNL_ARG_DST, dst_memory}});
-    } else if (kind == Kind::kBackwardData) {
-      args.insert({{DNNL_ARG_DIFF_SRC, src_memory}, {DNNL_ARG_WEIGHTS, primitive_weights},
-                   {DNNL_ARG_DIFF_DST, dst_memory}});
-    } else {
-      args.insert({{DNNL_ARG_SRC, src_memory}, {DNNL_ARG_DIFF_WEIGHTS, primitive_weights},
-                   {DNNL_ARG_DIFF_DST, dst_memory}});
-    }
-    entry.primitive.execute(stream, args);
+    Execute(kind, entry, g, src, kernel, dst, stream);
     if (kind == Kind::kBackwardWeights && entry.weights_reordered) {
       entry.weights_reorder.execute(stream, primitive_weights, user_weights);
+      stream.wait();
     }
-    stream.wait();
   } catch (const std::exception& error) {  // dnnl::error, or an allocation that failed
     return ffi::Error::Internal(std::string("oneDNN convolution: ") + error.what());
   }
@@ -286,34 +421,34 @@ ffi::Error CallGeometry(const ffi::AnyBuffer& x, const ffi::AnyBuffer& w, const 
   return ElementType(x.element_type(), w.element_type(), y.element_type(), &g->type);
 }
 
-ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
+ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
                    ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> padding_high) {
   Geometry g;
   if (auto error = CallGeometry(x, w, *y, strides, dilation, padding_low, padding_high, &g); error.failure()) {
     return error;
   }
-  return Run(Kind::kForward, g, x.untyped_data(), w.untyped_data(), y->untyped_data());
+  return Run(Kind::kForward, g, x.untyped_data(), w.untyped_data(), y->untyped_data(), pool);
 }
 
-ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
+ffi::Error BackwardData(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
                         ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
                         ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> padding_high) {
   Geometry g;
   if (auto error = CallGeometry(*dx, w, dy, strides, dilation, padding_low, padding_high, &g); error.failure()) {
     return error;
   }
-  return Run(Kind::kBackwardData, g, dx->untyped_data(), w.untyped_data(), dy.untyped_data());
+  return Run(Kind::kBackwardData, g, dx->untyped_data(), w.untyped_data(), dy.untyped_data(), pool);
 }
 
-ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
+ffi::Error BackwardWeights(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
                            ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
                            ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> padding_high) {
   Geometry g;
   if (auto error = CallGeometry(x, *dw, dy, strides, dilation, padding_low, padding_high, &g); error.failure()) {
     return error;
   }
-  return Run(Kind::kBackwardWeights, g, x.untyped_data(), dw->untyped_data(), dy.untyped_data());
+  return Run(Kind::kBackwardWeights, g, x.untyped_data(), dw->untyped_data(), dy.untyped_data(), pool);
 }
 
 }  // namespace
@@ -345,6 +480,7 @@ extern "C" int lensjax_onednn_native_bf16() {
 #define LENSJAX_ONEDNN_HANDLER(name, function)                                                          \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(name, function,                                                         \
                                 ffi::Ffi::Bind()                                                        \
+                                    .Ctx<ffi::ThreadPool>()                                             \
                                     .Arg<ffi::AnyBuffer>()                                              \
                                     .Arg<ffi::AnyBuffer>()                                              \
                                     .Ret<ffi::AnyBuffer>()                                              \
