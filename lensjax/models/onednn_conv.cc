@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
-#include <cstring>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
@@ -252,11 +251,11 @@ class TeamSize {
   int previous_;
 };
 
-// Executes a cached primitive on `stream` with the calling thread's scratchpad: `weights` is already in the layout
-// the primitive reads or writes (entry.weights_desc).
-void Execute(Kind kind, const Entry& entry, const Geometry& g, void* src, void* weights, void* dst,
-             dnnl::stream& stream) {
+// Executes a cached primitive with the calling thread's scratchpad: `weights` is already in the layout the
+// primitive reads or writes (entry.weights_desc).
+void Execute(Kind kind, const Entry& entry, const Geometry& g, void* src, void* weights, void* dst) {
   dnnl::engine& engine = Engine();
+  dnnl::stream stream(engine);
   thread_local ThreadBuffer scratch_buffer;
   dnnl::memory src_memory(g.src(), engine, src), dst_memory(g.dst(), engine, dst);
   dnnl::memory weights_memory(entry.weights_desc, engine, weights);
@@ -320,87 +319,59 @@ int64_t BatchParts(Kind kind, const Geometry& g, ffi::ThreadPool& pool) {
   return threads > 1 && g.n % threads == 0 ? threads : 1;
 }
 
-// Runs a convolution as `parts` equal batch parts on one thread each (see Threads). Forward and input-gradient
-// parts read the kernel, reordered once, and write their own images of the result; kernel-gradient parts each
-// write a partial kernel gradient, summed in part order into the first (float32).
-void RunInParts(Kind kind, const Geometry& g, int64_t parts, ffi::ThreadPool& pool, void* src, void* weights,
-                void* dst) {
-  TeamSize one_thread(1);
-  Geometry part = g;
-  part.n = g.n / parts;
-  const Entry& entry = Lookup(kind, part);
-  const size_t element = g.type == dnnl::memory::data_type::f32 ? 4 : 2;
-  const size_t src_step = part.n * g.h * g.w * g.in * element, dst_step = part.n * g.oh * g.ow * g.out * element;
-  dnnl::engine& engine = Engine();
-  dnnl::stream stream(engine);
-  dnnl::memory user_weights(g.weights(), engine, weights);
-  char* src_bytes = static_cast<char*>(src);
-  char* dst_bytes = static_cast<char*>(dst);
-  thread_local ThreadBuffer weights_buffer;
-  if (kind != Kind::kBackwardWeights) {
-    void* kernel = weights;
-    if (entry.weights_reordered) {
-      kernel = weights_buffer.Get(entry.weights_desc.get_size());
-      dnnl::memory reordered(entry.weights_desc, engine, kernel);
-      entry.weights_reorder.execute(stream, user_weights, reordered);
-      stream.wait();
-    }
-    RunParts(pool, static_cast<int>(parts), [&](int i) {
-      dnnl::stream part_stream(engine);
-      TeamSize team(1);
-      Execute(kind, entry, part, src_bytes + i * src_step, kernel, dst_bytes + i * dst_step, part_stream);
-    });
-    return;
-  }
-  // Partial kernel gradients: part 0 writes the user's buffer where no reorder is needed, the rest a buffer each.
-  const size_t bytes = entry.weights_desc.get_size();
-  const bool direct = !entry.weights_reordered;
-  char* partials = static_cast<char*>(weights_buffer.Get(bytes * (direct ? parts - 1 : parts)));
-  auto partial = [&](int64_t i) -> void* {
-    return direct ? (i == 0 ? weights : partials + (i - 1) * bytes) : partials + i * bytes;
-  };
-  RunParts(pool, static_cast<int>(parts), [&](int i) {
-    dnnl::stream part_stream(engine);
-    TeamSize team(1);
-    Execute(kind, entry, part, src_bytes + i * src_step, partial(i), dst_bytes + i * dst_step, part_stream);
-  });
-  float* sum = static_cast<float*>(partial(0));
-  const size_t count = bytes / sizeof(float);
-  for (int64_t i = 1; i < parts; ++i) {
-    const float* add = static_cast<const float*>(partial(i));
-    for (size_t k = 0; k < count; ++k) sum[k] += add[k];
-  }
-  if (!direct) {
-    dnnl::memory reordered(entry.weights_desc, engine, sum);
-    entry.weights_reorder.execute(stream, reordered, user_weights);
-    stream.wait();
-  }
-}
-
-// Runs the convolution: `weights` is the caller's HWIO kernel (read, or written for backward weights).
+// Runs the convolution as `BatchParts` equal batch parts: `weights` is the caller's HWIO kernel (read, or written
+// for backward weights). Several parts run on one thread each (see Threads); one part is the whole call on the
+// calling thread, with oneDNN's team where it is at least the team threshold (one such call at a time). Forward and
+// input-gradient parts read the kernel, reordered once, and write their own images of the result; kernel-gradient
+// parts each write a partial kernel gradient, summed in part order into the first (float32 when there are several).
 ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst, ffi::ThreadPool& pool) {
   try {
-    if (const int64_t parts = BatchParts(kind, g, pool); parts > 1) {
-      RunInParts(kind, g, parts, pool, src, weights, dst);
-      return ffi::Error::Success();
-    }
-    TeamSize team(g.macs() < TeamMinMacs(kind) ? 1 : omp_get_max_threads());
-    const Entry& entry = Lookup(kind, g);
+    const int64_t parts = BatchParts(kind, g, pool);
+    const int threads = parts == 1 && g.macs() >= TeamMinMacs(kind) ? omp_get_max_threads() : 1;
+    TeamSize team(threads);
     std::unique_lock<std::mutex> one_at_a_time(ExecutionMutex(), std::defer_lock);
-    if (team.threads() > 1) one_at_a_time.lock();  // a one-thread call starts no team: no need to wait
+    if (threads > 1) one_at_a_time.lock();  // a one-thread call starts no team: no need to wait
+    Geometry part = g;
+    part.n = g.n / parts;
+    const Entry& entry = Lookup(kind, part);
+    const size_t element = dnnl::memory::data_type_size(g.type);
+    const size_t src_step = part.n * g.h * g.w * g.in * element, dst_step = part.n * g.oh * g.ow * g.out * element;
+    char* src_bytes = static_cast<char*>(src);
+    char* dst_bytes = static_cast<char*>(dst);
     dnnl::engine& engine = Engine();
     dnnl::stream stream(engine);
     dnnl::memory user_weights(g.weights(), engine, weights);
+    // The primitive's kernel: the caller's where it reads HWIO itself, else a buffer. Kernel-gradient parts
+    // write one each: part 0 into that kernel, the others into buffers of their own after it.
+    const size_t bytes = entry.weights_desc.get_size();
+    const bool backward_weights = kind == Kind::kBackwardWeights;
+    const int64_t buffers = (entry.weights_reordered ? 1 : 0) + (backward_weights ? parts - 1 : 0);
     thread_local ThreadBuffer weights_buffer;
-    void* kernel = entry.weights_reordered ? weights_buffer.Get(entry.weights_desc.get_size()) : weights;
+    char* buffer = static_cast<char*>(weights_buffer.Get(bytes * buffers));
+    char* kernel = entry.weights_reordered ? buffer : static_cast<char*>(weights);
+    auto part_weights = [&](int64_t i) -> void* {
+      if (!backward_weights || i == 0) return kernel;
+      return buffer + (entry.weights_reordered ? i : i - 1) * bytes;
+    };
     dnnl::memory primitive_weights(entry.weights_desc, engine, kernel);
-    if (kind != Kind::kBackwardWeights && entry.weights_reordered) {
+    if (!backward_weights && entry.weights_reordered) {
       entry.weights_reorder.execute(stream, user_weights, primitive_weights);
-    }
-    Execute(kind, entry, g, src, kernel, dst, stream);
-    if (kind == Kind::kBackwardWeights && entry.weights_reordered) {
-      entry.weights_reorder.execute(stream, primitive_weights, user_weights);
       stream.wait();
+    }
+    RunParts(pool, static_cast<int>(parts), [&](int i) {
+      TeamSize part_team(threads);  // the threads of XLA's pool that take parts run them on one thread too
+      Execute(kind, entry, part, src_bytes + i * src_step, part_weights(i), dst_bytes + i * dst_step);
+    });
+    if (backward_weights) {
+      float* sum = reinterpret_cast<float*>(kernel);
+      for (int64_t i = 1; i < parts; ++i) {
+        const float* add = static_cast<const float*>(part_weights(i));
+        for (size_t k = 0; k < bytes / sizeof(float); ++k) sum[k] += add[k];
+      }
+      if (entry.weights_reordered) {
+        entry.weights_reorder.execute(stream, primitive_weights, user_weights);
+        stream.wait();
+      }
     }
   } catch (const std::exception& error) {  // dnnl::error, or an allocation that failed
     return ffi::Error::Internal(std::string("oneDNN convolution: ") + error.what());
