@@ -32,11 +32,13 @@ def test_each_row_is_the_originals_protocol(row, cpu):
   else:   # the MSRF-Net ,cpu runs validate on the first quarter of the validation split
     validation = 500 if cpu and network == "msrfnet" else 2_000
     assert config.sim.lens_fraction == 0.5 and sizes == (16_000, validation, 2_000)
-  if network == "isnet":
+  if network == "isnet":   # x / 255 - 0.5 as the original; standardised per image on a CPU budget
     assert (config.data.pad_to, config.data.input_channels, config.data.augment) == (0, 3, "hflip")
+    assert config.data.input_scaling == ("standardize" if cpu else "centered")
     assert config.train.batch_size == 8 and config.optim.learning_rate == 1e-3
   else:
     assert (config.data.pad_to, config.data.input_channels, config.data.augment) == (128, 1, "none")
+    assert config.data.input_scaling == "unit"
   if not cpu:
     assert config.model.width == 1.0 and config.optim.schedule == "constant"
     assert config.optim.name == ("adam" if network == "isnet" else "rmsprop")
