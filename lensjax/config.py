@@ -447,6 +447,8 @@ class ModelConfig:
   width: float = 1.0               # channel multiplier; 1.0 is the reference network, 0.125-0.25 for CPU runs
   depth: int = 6                   # IS-Net only: resolution levels 1..6 (6 is the reference); leave 6 for MSRF-Net
   wiring: str = "original"         # MSRF-Net only: sub-network wiring, 'original' or 'paper'
+  refine_channels: int = 0         # IS-Net only: channels of a full-resolution head correcting d1
+                                   # (`lensjax.models.isnet.Refinement`); 0 is the reference network
   dtype: str = "float32"           # compute dtype, float32 or bfloat16; parameters stay float32
 
   def check(self) -> None:
@@ -457,6 +459,11 @@ class ModelConfig:
                         "(1.0 is the reference network)")
     _check_choice("model.depth", self.depth, network.depths, f" for model.name={self.name!r}")
     _check_choice("model.wiring", self.wiring, network.wirings, f" for model.name={self.name!r}")
+    _check_range("model.refine_channels", self.refine_channels, 0, None,
+                 "channels of IS-Net's refinement head; 0 leaves it out")
+    if self.refine_channels and not network.refines:
+      raise ConfigError(f"config.model.refine_channels={self.refine_channels!r}: the refinement head is "
+                        f"IS-Net's; leave it 0 for model.name={self.name!r}")
     _check_choice("model.dtype", self.dtype, network.dtypes, f" for model.name={self.name!r}")
 
 

@@ -45,6 +45,7 @@ class Network:
   output_weights: tuple[float, ...] = ()   # default weights of the outputs in the loss (empty: not weighted)
   depths: tuple[int, ...] = (6,)     # the `model.depth` values it accepts
   wirings: tuple[str, ...] = ("original",)   # the `model.wiring` values it accepts
+  refines: bool = False              # whether it takes `model.refine_channels` > 0 (IS-Net's `Refinement` head)
   dtypes: tuple[str, ...] = COMPUTE_DTYPES
   trainable: bool = True             # a `model.name` a config may choose (the GT encoder is built by IS-Net's
                                      # feature synchronisation only)
@@ -63,7 +64,8 @@ ISNET_DEPTHS = (1, 2, 3, 4, 5, 6)
 NETWORKS = {
     "isnet": Network(
         "isnet", "lensjax.models.isnet", "ISNet", input_keys=("image",), loss_name="isnet_batch_loss",
-        main_loss="loss/d1", default_in_channels=3, depths=ISNET_DEPTHS, gt_encoder="isnet_gt_encoder"),
+        main_loss="loss/d1", default_in_channels=3, depths=ISNET_DEPTHS, refines=True,
+        gt_encoder="isnet_gt_encoder"),
     "isnet_gt_encoder": Network(
         "isnet_gt_encoder", "lensjax.models.isnet", "ISNetGTEncoder", input_keys=("mask",),
         loss_name="isnet_batch_loss", main_loss="loss/d1", default_in_channels=1, depths=ISNET_DEPTHS,

@@ -79,8 +79,11 @@ def build_model_and_optimizer(config: cfg.Config, seed: int, *, name: str | None
   name = name or config.model.name
   targets = len(config.data.targets)
   in_channels = targets if registry.network(name).input_keys[0] == "mask" else data.input_channels(config)
+  # The ground-truth encoder shares IS-Net's width and depth; the refinement head is IS-Net's alone.
+  refine_channels = config.model.refine_channels if registry.network(name).refines else 0
   model = models.build(name, in_channels=in_channels, out_channels=targets, width=config.model.width,
-                       depth=config.model.depth, wiring=config.model.wiring, dtype=config.model.dtype, seed=seed)
+                       depth=config.model.depth, wiring=config.model.wiring, refine_channels=refine_channels,
+                       dtype=config.model.dtype, seed=seed)
   tx = make_optimizer(config.optim, num_steps or config.train.num_steps)
   return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 

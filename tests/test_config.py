@@ -76,6 +76,7 @@ def test_a_bad_config_argument_lists_the_accepted_ones(name):
     ("--config.model.width=0", r"config.model.width=0.0: expected a positive channel multiplier"),
     ("--config.model.depth=7", r"config.model.depth=7: expected one of .* for model.name='isnet'"),
     ("--config.model.dtype=float16", r"config.model.dtype='float16': expected one of 'float32', 'bfloat16'"),
+    ("--config.model.refine_channels=-4", r"config.model.refine_channels=-4: expected >= 0"),
     ("--config.checkpoint.keep=0", r"config.checkpoint.keep=0: expected >= 1"),
     ("--config.checkpoint.best_metric=iou/liver", r"no target 'liver'"),
     ("--config.data.split_fractions=0.5,0.5,0.5", r"sum to 1"),
@@ -93,6 +94,9 @@ def test_cross_field_rules_name_both_fields():
     cfg.load("msrfnet_sim", ["--config.train.feature_sync=true"])
   with pytest.raises(cfg.ConfigError, match="depth=4: expected one of 6 for model.name='msrfnet'"):
     cfg.load("default", ["--config.model.name=msrfnet"])
+  with pytest.raises(cfg.ConfigError, match="refine_channels=8: the refinement head is IS-Net's; leave it 0 for "
+                                           "model.name='msrfnet'"):
+    cfg.load("msrfnet_sim", ["--config.model.refine_channels=8"])
   config = cfg.load("default")
   with pytest.raises(cfg.ConfigError, match="train.batch_size=8: must be a multiple of the number of devices \\(3\\)"):
     config.check_devices(3)

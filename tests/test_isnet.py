@@ -238,7 +238,43 @@ def test_prediction_is_the_finest_side_output(small_isnet):
   assert ISNet.input_keys == ("image",) and ISNetGTEncoder.input_keys == ("mask",)
 
 
+def test_the_refinement_head_starts_as_the_reference_prediction_and_then_learns():
+  # Built from the same seed, the network with the head has the reference network's parameters plus the head's,
+  # whose last conv starts at zero: the same d1 to the last bit. One gradient step on a loss of d1 alone then
+  # changes the prediction, and the head's layers and the reference layers below d1 all receive gradients.
+  options = dict(in_channels=1, out_channels=2, width=WIDTH, depth=2, seed=0)
+  reference, refined = build("isnet", **options), build("isnet", **options, refine_channels=4)
+  assert refined.refine_channels == 4 and reference.refine is None
+  head_parameters = count_parameters(refined)[0] - count_parameters(reference)[0]
+  assert head_parameters == (9 * 3 * 4 + 4) + 2 * 4 + (9 * 4 * 4 + 4) + 2 * 4 + (9 * 4 * 2 + 2)
+  for model in (reference, refined):
+    model.eval()
+  x = _images((2, 33, 33, 1))
+  (expected, _), (actual, _) = _forward(reference, x), _forward(refined, x)
+  assert actual[0].shape == (2, 33, 33, 2)
+  for a, b in zip(expected, actual):
+    np.testing.assert_array_equal(a, b)
+
+  targets = (_images((2, 33, 33, 2), seed=3) > 0).astype(np.float32)
+  refined.train()
+
+  @nnx.jit
+  def gradients(model):
+    def loss_fn(model):
+      logits = model.prediction(model(x))
+      return jnp.mean(jnp.logaddexp(0.0, logits) - targets * logits)
+    return nnx.grad(loss_fn)(model)
+
+  grads = gradients(refined)
+  assert np.abs(np.asarray(grads.refine.correction.kernel[...])).max() > 0
+  assert np.abs(np.asarray(grads.side1.kernel[...])).max() > 0
+  refined.refine.correction.kernel[...] -= 0.1 * grads.refine.correction.kernel[...]
+  refined.eval()
+  assert np.abs(np.asarray(_forward(refined, x)[0][0]) - np.asarray(expected[0])).max() > 1e-4
+
+
 @pytest.mark.parametrize("options, message", [
+    (dict(refine_channels=-1), "refine_channels must be an integer >= 0"),
     (dict(depth=0), "depth must be an integer in 1..6"),
     (dict(depth=7), "depth must be an integer in 1..6"),
     (dict(width=0.0), "width must be a positive number"),
@@ -269,6 +305,8 @@ def test_factory_builds_by_name_and_refuses_options_that_do_not_apply():
     build("isnet", in_channels=1, out_channels=1, wiring="paper", seed=0)
   with pytest.raises(ValueError, match="depth=4 is not an option of msrfnet; choose one of 6"):
     build("msrfnet", in_channels=1, out_channels=1, depth=4, seed=0)
+  with pytest.raises(ValueError, match="refine_channels=8 is not an option of msrfnet; leave it 0"):
+    build("msrfnet", in_channels=1, out_channels=1, refine_channels=8, seed=0)
   with pytest.raises(ValueError, match="exactly one of seed="):
     build("isnet", in_channels=1, out_channels=1)
   with pytest.raises(ValueError, match="dtype='float16' is not an option of isnet; choose one of 'float32', 'bfloat16'"):

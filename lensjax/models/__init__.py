@@ -60,8 +60,8 @@ def _model_rngs(seed: int | None, rngs: nnx.Rngs | None) -> nnx.Rngs:
 
 
 def build(name: str, *, in_channels: int, out_channels: int, width: float = 1.0, depth: int = 6,
-          wiring: str = "original", dtype: str | jnp.dtype = "float32", seed: int | None = None,
-          rngs: nnx.Rngs | None = None) -> nnx.Module:
+          wiring: str = "original", refine_channels: int = 0, dtype: str | jnp.dtype = "float32",
+          seed: int | None = None, rngs: nnx.Rngs | None = None) -> nnx.Module:
   """Builds network `name` (a `lensjax.registry` name) with freshly initialised parameters.
 
   Args:
@@ -70,6 +70,8 @@ def build(name: str, *, in_channels: int, out_channels: int, width: float = 1.0,
     width: channel multiplier; 1.0 is the reference network, 0.125-0.25 gives CPU-sized variants.
     depth: IS-Net only: resolution levels, 1..6 (6 is the reference; see `lensjax.models.isnet`).
     wiring: MSRF-Net only: "original" (the released code, 7 live DSDF blocks) or "paper" (all 10).
+    refine_channels: IS-Net only: channels of its full-resolution `Refinement` head; 0 (the reference) leaves
+      it out.
     dtype: compute dtype, one of the network's registry dtypes (float32, bfloat16); parameters are float32.
     seed, rngs: the initialisation randomness; exactly one of them.
   Returns:
@@ -82,7 +84,11 @@ def build(name: str, *, in_channels: int, out_channels: int, width: float = 1.0,
     if value not in accepted:
       raise ValueError(f"build: {option}={value!r} is not an option of {name}; choose one of "
                        f"{', '.join(map(repr, accepted))}")
+  if refine_channels and not network.refines:
+    raise ValueError(f"build: refine_channels={refine_channels!r} is not an option of {name}; leave it 0")
   options = dict(width=width, dtype=jnp.dtype(dtype_name), rngs=_model_rngs(seed, rngs))
+  if network.refines:
+    options["refine_channels"] = refine_channels
   if len(network.depths) > 1:
     options["depth"] = depth
   if len(network.wirings) > 1:
@@ -93,7 +99,8 @@ def build(name: str, *, in_channels: int, out_channels: int, width: float = 1.0,
 def build_from_config(model_config, in_channels: int, out_channels: int, seed: int) -> nnx.Module:
   """Builds the network a `lensjax.config.ModelConfig` describes; see `build` for the arguments."""
   return build(model_config.name, in_channels=in_channels, out_channels=out_channels, width=model_config.width,
-               depth=model_config.depth, wiring=model_config.wiring, dtype=model_config.dtype, seed=seed)
+               depth=model_config.depth, wiring=model_config.wiring,
+               refine_channels=model_config.refine_channels, dtype=model_config.dtype, seed=seed)
 
 
 def count_parameters(model: nnx.Module) -> tuple[int, int]:

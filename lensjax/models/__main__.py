@@ -68,13 +68,13 @@ def _lower_and_compile(function, *abstract_args) -> tuple[jax.stages.Compiled, f
 
 
 def summarize(name: str, *, in_channels: int, out_channels: int, width: float = 1.0, depth: int = 6,
-              wiring: str = "original", dtype: str = "float32", size: int = 128, batch: int = 8,
-              params_only: bool = False) -> dict[str, float]:
+              wiring: str = "original", refine_channels: int = 0, dtype: str = "float32", size: int = 128,
+              batch: int = 8, params_only: bool = False) -> dict[str, float]:
   """The figures `python -m lensjax.models` prints, as a dict (FLOPs and bytes per image, times in seconds)."""
   if size < 2 or batch < 1:
     raise cfg.ConfigError(f"--size must be at least 2 and --batch at least 1, got size={size}, batch={batch}")
   options = dict(in_channels=in_channels, out_channels=out_channels, width=width, depth=depth, wiring=wiring,
-                 dtype=dtype)
+                 refine_channels=refine_channels, dtype=dtype)
   model = nnx.eval_shape(lambda: build(name, **options, seed=0))
   trainable, batch_stats = count_parameters(model)
   summary = {"parameters": trainable, "batch_norm_statistics": batch_stats}
@@ -170,6 +170,8 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0, the reference)")
   parser.add_argument("--depth", type=int, default=6, help="IS-Net resolution levels, 1..6 (default 6)")
   parser.add_argument("--wiring", default="original", choices=("original", "paper"), help="MSRF-Net only")
+  parser.add_argument("--refine-channels", type=int, default=0,
+                      help="IS-Net only: channels of the full-resolution refinement head (default 0: none)")
   parser.add_argument("--dtype", default="float32", choices=registry.COMPUTE_DTYPES, help="compute dtype")
   parser.add_argument("--size", type=int, default=128, help="input height and width in pixels (default 128)")
   parser.add_argument("--batch", type=int, default=8, help="batch size the programs are compiled for (default 8)")
@@ -177,7 +179,8 @@ def main(argv: list[str]) -> int:
   args = parser.parse_args(argv)
   in_channels = args.in_channels or registry.network(args.name).default_in_channels
   options = dict(in_channels=in_channels, out_channels=args.out_channels, width=args.width,
-                 depth=args.depth, wiring=args.wiring, dtype=args.dtype, size=args.size, batch=args.batch)
+                 depth=args.depth, wiring=args.wiring, refine_channels=args.refine_channels, dtype=args.dtype,
+                 size=args.size, batch=args.batch)
   summary = summarize(args.name, **options, params_only=args.params_only)
   print(format_summary(args.name, options, summary))
   return 0

@@ -25,6 +25,9 @@ Size options for small (CPU) variants:
   D reference features (64, 64, 128, 256, 512, 512, times `width`), as do the ground-truth encoder's at the
   same depth. Depth 5 and 6 are the reference blocks exactly; at depth 4 stage 4 is RSU-4(256, 128, 256)
   instead of RSU-4(256, 128, 512).
+- `refine_channels` C > 0 adds a lensjax head that is not upstream's (`Refinement`): two C-channel conv-BN-ReLU
+  layers at the input's full resolution on (image, d1) and a 3x3 conv that adds a correction to d1. 0 (the
+  default) is the reference network.
 
 All tensors are NHWC. Parameters are float32; `dtype` is the compute dtype (bfloat16 for mixed precision).
 Side logits are returned in float32, features in the compute dtype.
@@ -222,12 +225,35 @@ def _side_logits(model: ISNet | ISNetGTEncoder, features: list[jax.Array],
           for level, feature in enumerate(features, start=1)]
 
 
+class Refinement(nnx.Module):
+  """A full-resolution correction of d1 (lensjax's, not upstream's): (B, H, W, in + K) -> (B, H, W, K) logits.
+
+  IS-Net's finest features are at H/2 (its stem has stride 2), so d1 is a bilinear upsampling of a
+  half-resolution map, and the edge of a thin arc or of the lens mask falls between its samples. This head sees
+  the input image at full resolution beside d1: two 3x3 conv-BN-ReLU layers of `channels` channels and a 3x3
+  conv to K logits that `ISNet` adds to d1. That last conv starts at zero, so a freshly built network predicts
+  upstream's d1.
+  """
+
+  def __init__(self, in_channels: int, out_channels: int, channels: int, *, dtype, rngs: nnx.Rngs):
+    self.layer1 = ConvBNReLU(in_channels + out_channels, channels, dtype=dtype, rngs=rngs)
+    self.layer2 = ConvBNReLU(channels, channels, dtype=dtype, rngs=rngs)
+    self.correction = nnx.Conv(channels, out_channels, (3, 3), padding=((1, 1), (1, 1)),
+                               kernel_init=nnx.initializers.zeros_init(), bias_init=nnx.initializers.zeros_init(),
+                               dtype=dtype, param_dtype=jnp.float32, conv_general_dilated=conv_general_dilated,
+                               rngs=rngs)
+
+  def __call__(self, image_and_logits: jax.Array) -> jax.Array:
+    return self.correction(self.layer2(self.layer1(image_and_logits)))
+
+
 class ISNet(nnx.Module):
   """The IS-Net segmentation network (upstream `ISNetDIS`), NHWC.
 
   `model(image)` with image (B, H, W, in_channels), any H and W, returns `(side_logits, features)`:
   - `side_logits`: `depth` arrays (B, H, W, out_channels) of float32 logits d1, ..., d{depth}; d1 (from the
-    finest decoder map, at H/2) is the prediction (`prediction(outputs)`).
+    finest decoder map, at H/2, plus the `Refinement` correction where `refine_channels` > 0) is the prediction
+    (`prediction(outputs)`).
   - `features`: `[hx1d, ..., hx{depth-1}d, hx{depth}]`, level i at ceil(H / 2**i) x ceil(W / 2**i) with
     `scaled_channels(FEATURE_CHANNELS[i - 1], width)` channels, in the compute dtype; the targets of feature
     synchronisation with `ISNetGTEncoder`.
@@ -238,9 +264,13 @@ class ISNet(nnx.Module):
   input_keys = ("image",)
 
   def __init__(self, in_channels: int = 3, out_channels: int = 1, *, width: float = 1.0, depth: int = MAX_DEPTH,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               refine_channels: int = 0, dtype=jnp.float32, rngs: nnx.Rngs):
     self.dtype = _check_options("ISNet", in_channels, out_channels, width, depth, dtype)
+    if not isinstance(refine_channels, int) or isinstance(refine_channels, bool) or refine_channels < 0:
+      raise ValueError(f"ISNet: refine_channels must be an integer >= 0 (0: the reference network), "
+                       f"got {refine_channels!r}")
     self.in_channels, self.out_channels, self.width, self.depth = in_channels, out_channels, width, depth
+    self.refine_channels = refine_channels
     channels = lambda n: scaled_channels(n, width)
 
     # Upstream's stem is a plain conv (no BN/ReLU); its `pool_in` is defined but unused, so it is left out.
@@ -263,6 +293,8 @@ class ISNet(nnx.Module):
                      channels(spec.out_channels), dtype=self.dtype, rngs=rngs))
       deeper = channels(spec.out_channels)
     _add_side_heads(self, out_channels, channels, dtype=self.dtype, rngs=rngs)
+    self.refine = (Refinement(in_channels, out_channels, refine_channels, dtype=self.dtype, rngs=rngs)
+                   if refine_channels else None)
 
   def __call__(self, image: jax.Array, *, rngs: nnx.Rngs | None = None
                ) -> tuple[list[jax.Array], list[jax.Array]]:
@@ -277,7 +309,12 @@ class ISNet(nnx.Module):
       deeper = upsample_bilinear(hx, skip.shape[1:3])
       hx = getattr(self, f"stage{level}d")(jnp.concatenate([deeper, skip], axis=-1))
       features.insert(0, hx)
-    return _side_logits(self, features, image.shape[1:3]), features
+    side_logits = _side_logits(self, features, image.shape[1:3])
+    if self.refine is not None:
+      d1 = side_logits[0]
+      correction = self.refine(jnp.concatenate([image.astype(self.dtype), d1.astype(self.dtype)], axis=-1))
+      side_logits[0] = d1 + correction.astype(jnp.float32)
+    return side_logits, features
 
   def prediction(self, outputs: tuple[list[jax.Array], list[jax.Array]]) -> jax.Array:
     """The logits of the final prediction, d1: (B, H, W, out_channels)."""
