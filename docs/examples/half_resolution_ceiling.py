@@ -7,8 +7,8 @@ input pixel 2i), bilinearly upsampled to the input size. This script fits, for e
 test split, a free logit map on that grid to the image's own mask through the same upsampling
 (`jax.image.resize`, half-pixel bilinear, as `lensjax.models.layers.upsample_bilinear`), with Adam on the binary
 cross-entropy, and scores the fitted maps under the original's IS-Net definition
-(`lensjax.metrics.original_isnet_miou`: per-image min-max normalisation, threshold 0.5, lenses only for the
-arcs). It also scores two fixed maps for comparison: the mask sampled at the grid's points, and its 3 x 3 mean
+(`lensjax.metrics.original_isnet_miou`: per-image min-max normalisation, threshold 0.5, the simulator's lenses
+only for the arcs, as `python -m lensjax.evaluate --protocol original` selects them). It also scores two fixed maps for comparison: the mask sampled at the grid's points, and its 3 x 3 mean
 there. A fitted score near 1 says the grid is no ceiling: what a network misses, it fails to learn.
 """
 
@@ -26,10 +26,15 @@ from lensjax import metrics
 from lensjax.data import pipeline
 
 
-def test_masks(config: cfg.Config) -> np.ndarray:
-  """The first target's masks of the config's test split, (N, H, W) float32."""
+def test_masks(config: cfg.Config) -> tuple[np.ndarray, np.ndarray]:
+  """The first target's masks of the config's test split, (N, H, W) float32, and which images are lenses, (N,)."""
   loader = pipeline.make_loader(config, "test", batch_size=64, shuffle=False, num_epochs=1, seed=0, augment=False)
-  return np.concatenate([batch["mask"][batch["valid"] > 0][..., 0] for batch in loader])
+  masks, is_lens = [], []
+  for batch in loader:
+    valid = batch["valid"] > 0
+    masks.append(batch["mask"][valid][..., 0])
+    is_lens.append(batch["is_lens"][valid] > 0.5)
+  return np.concatenate(masks), np.concatenate(is_lens)
 
 
 def upsample(half: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -64,9 +69,8 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=400, help="Adam steps of the fit (default 400)")
   args = parser.parse_args()
   config = cfg.load(args.config)
-  masks = test_masks(config)
-  lenses_only = masks.reshape(len(masks), -1).sum(axis=1) > 0 if config.sim.lens_fraction < 1 else None
-  include = lenses_only if config.data.targets[0] == "arcs" else None
+  masks, is_lens = test_masks(config)
+  include = is_lens if config.data.targets[0] == "arcs" else None
   height, width = masks.shape[1:]
   padded = np.pad(masks, ((0, 0), (1, 1), (1, 1)))
   grid = ((height + 1) // 2, (width + 1) // 2)

@@ -93,12 +93,14 @@ def _check_options(cls_name: str, in_channels: int, out_channels: int, width: fl
   return compute_dtype
 
 
-def _conv3x3(in_channels: int, out_channels: int, *, dilation: int = 1, stride: int = 1, dtype,
-             rngs: nnx.Rngs) -> nnx.Conv:
-  """A 3x3 convolution with bias, padding = dilation (size-preserving at stride 1), PyTorch's init."""
+def _conv3x3(in_channels: int, out_channels: int, *, dilation: int = 1, stride: int = 1, zero_init: bool = False,
+             dtype, rngs: nnx.Rngs) -> nnx.Conv:
+  """A 3x3 convolution with bias, padding = dilation (size-preserving at stride 1), PyTorch's init (or zeros)."""
+  zeros = nnx.initializers.zeros_init()
   return nnx.Conv(in_channels, out_channels, (3, 3), strides=stride,
                   padding=((dilation, dilation), (dilation, dilation)), kernel_dilation=dilation,
-                  kernel_init=torch_default_kernel_init(), bias_init=torch_default_bias_init(9 * in_channels),
+                  kernel_init=zeros if zero_init else torch_default_kernel_init(),
+                  bias_init=zeros if zero_init else torch_default_bias_init(9 * in_channels),
                   dtype=dtype, param_dtype=jnp.float32, conv_general_dilated=conv_general_dilated, rngs=rngs)
 
 
@@ -238,10 +240,7 @@ class Refinement(nnx.Module):
   def __init__(self, in_channels: int, out_channels: int, channels: int, *, dtype, rngs: nnx.Rngs):
     self.layer1 = ConvBNReLU(in_channels + out_channels, channels, dtype=dtype, rngs=rngs)
     self.layer2 = ConvBNReLU(channels, channels, dtype=dtype, rngs=rngs)
-    self.correction = nnx.Conv(channels, out_channels, (3, 3), padding=((1, 1), (1, 1)),
-                               kernel_init=nnx.initializers.zeros_init(), bias_init=nnx.initializers.zeros_init(),
-                               dtype=dtype, param_dtype=jnp.float32, conv_general_dilated=conv_general_dilated,
-                               rngs=rngs)
+    self.correction = _conv3x3(channels, out_channels, zero_init=True, dtype=dtype, rngs=rngs)
 
   def __call__(self, image_and_logits: jax.Array) -> jax.Array:
     return self.correction(self.layer2(self.layer1(image_and_logits)))
