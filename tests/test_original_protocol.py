@@ -35,6 +35,7 @@ def test_each_row_is_the_originals_protocol(row, cpu):
   if network == "isnet":   # x / 255 - 0.5 as the original; standardised per image on a CPU budget
     assert (config.data.pad_to, config.data.input_channels, config.data.augment) == (0, 3, "hflip")
     assert config.data.input_scaling == ("standardize" if cpu else "centered")
+    assert config.model.refine_channels == (8 if cpu and row == "isnet_arcs" else 0)   # the reference has none
     assert config.train.batch_size == 8 and config.optim.learning_rate == 1e-3
   else:
     assert (config.data.pad_to, config.data.input_channels, config.data.augment) == (128, 1, "none")
