@@ -514,6 +514,8 @@ class TrainConfig:
   feature_sync: bool = False       # IS-Net: DIS intermediate supervision with a ground-truth encoder
   gt_encoder_steps: int = 500      # stage 1: steps training the ground-truth encoder on the masks
   feature_sync_weight: float = 1.0 # weight of the feature-synchronisation MSE in stage 2
+  isnet_dice_weight: float = 0.0   # IS-Net: add this weight x (1 - soft Dice) to each side output's BCE
+                                   # (0: the original's BCE only)
   figure_images: int = resumable(4)   # validation images in the image / truth / prediction figure refreshed
                                       # at each evaluation (`predictions.png`); 0: only the curves (`curves.png`)
   tensorboard: bool = resumable(False)   # also write TensorBoard event files to <workdir>/tensorboard (needs the
@@ -527,6 +529,7 @@ class TrainConfig:
     _check_range("train.early_stop_evals", self.early_stop_evals, 0, None, "evaluations; 0 never stops early")
     _check_range("train.figure_images", self.figure_images, 0, None, "images")
     _check_range("train.feature_sync_weight", self.feature_sync_weight, 0, None, "a loss weight")
+    _check_range("train.isnet_dice_weight", self.isnet_dice_weight, 0, None, "a loss weight")
     for name in ("target_weights", "msrf_output_weights"):
       weights = getattr(self, name)
       if weights and (min(weights) < 0 or not sum(weights) > 0 or not all(map(math.isfinite, weights))):
@@ -582,6 +585,9 @@ class Config:
     if self.train.msrfnet_targets != "masks" and self.model.name != "msrfnet":
       raise ConfigError(f"config.train.msrfnet_targets={self.train.msrfnet_targets!r} applies to MSRF-Net only, "
                         f"not model.name={self.model.name!r}; leave it at 'masks'")
+    if self.train.isnet_dice_weight and registry.network(self.model.name).gt_encoder is None:
+      raise ConfigError(f"config.train.isnet_dice_weight={self.train.isnet_dice_weight} applies to IS-Net only, "
+                        f"not model.name={self.model.name!r} (MSRF-Net's loss has its Dice already); leave it at 0")
     if self.train.feature_sync and registry.network(self.model.name).gt_encoder is None:
       raise ConfigError(f"config.train.feature_sync=true applies to IS-Net only, not "
                         f"model.name={self.model.name!r}")

@@ -5,7 +5,8 @@ Per-target losses are means over (B, H, W); a multi-label loss is the `target_we
 targets, so with K = 1 every loss equals the original single-target one.
 
 IS-Net (docs/networks.md): the sum of BCE over the six side outputs, all weights 1; d1's BCE is logged apart
-because it is the term that says whether the model learns. With intermediate supervision, the MSE between the
+because it is the term that says whether the model learns. `train.isnet_dice_weight` > 0 adds that weight times
+(1 - soft Dice) to each side's term (not the original's loss: an option, docs/results.md). With intermediate supervision, the MSE between the
 network's decoder features and those of a frozen ground-truth encoder is added (DIS "feature synchronisation").
 
 MSRF-Net (docs/networks.md): 2·(BCE + Dice)(x) + BCE(edge_out, Canny of the mask) + (BCE + Dice)(pred4) +
@@ -56,20 +57,27 @@ def bce(logits: jax.Array, targets: jax.Array, target_weights: Sequence[float] |
   return _weighted_mean(bce_per_target(logits, targets), target_weights)
 
 
-def bce_dice(logits: jax.Array, targets: jax.Array, target_weights: Sequence[float] | None = None) -> jax.Array:
-  """The original `seg_loss`: BCE + (1 - soft Dice), per target, weighted over targets."""
-  per_target = bce_per_target(logits, targets) + 1.0 - soft_dice_per_target(logits, targets)
+def bce_dice(logits: jax.Array, targets: jax.Array, target_weights: Sequence[float] | None = None,
+             dice_weight: float = 1.0) -> jax.Array:
+  """BCE + dice_weight · (1 - soft Dice), per target, weighted over targets; dice_weight 1 is the original
+  MSRF-Net `seg_loss`."""
+  per_target = bce_per_target(logits, targets) + dice_weight * (1.0 - soft_dice_per_target(logits, targets))
   return _weighted_mean(per_target, target_weights)
 
 
-def isnet_loss(side_logits: Sequence[jax.Array], mask: jax.Array,
-               target_weights: Sequence[float] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """IS-Net deep supervision: the sum of the side outputs' BCE; returns (loss, terms).
+def isnet_loss(side_logits: Sequence[jax.Array], mask: jax.Array, target_weights: Sequence[float] | None = None,
+               dice_weight: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """IS-Net deep supervision: the sum of the side outputs' BCE (+ dice_weight · (1 - soft Dice)); returns
+  (loss, terms).
 
   `side_logits` are the D side outputs (B, H, W, K), d1 first; `mask` is (B, H, W, K). The terms hold `loss/d1` ...
-  `loss/dD` (each side's BCE).
+  `loss/dD` (each side's term).
   """
-  terms = {f"loss/d{i + 1}": bce(logits, mask, target_weights) for i, logits in enumerate(side_logits)}
+  if dice_weight:
+    terms = {f"loss/d{i + 1}": bce_dice(logits, mask, target_weights, dice_weight)
+             for i, logits in enumerate(side_logits)}
+  else:
+    terms = {f"loss/d{i + 1}": bce(logits, mask, target_weights) for i, logits in enumerate(side_logits)}
   return sum(terms.values()), terms
 
 
@@ -115,11 +123,12 @@ def input_as_targets(batch: dict[str, jax.Array], num_targets: int) -> dict[str,
 
 
 def isnet_batch_loss(outputs, batch: dict[str, jax.Array], target_weights: Sequence[float] | None,
-                     output_weights: Sequence[float] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                     output_weights: Sequence[float] | None = None, dice_weight: float = 0.0
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`isnet_loss` of IS-Net's (or its ground-truth encoder's) `(side_logits, features)` on `batch['mask']`."""
   del output_weights   # every side output weighs 1
   side_logits, _ = outputs
-  return isnet_loss(side_logits, batch["mask"], target_weights)
+  return isnet_loss(side_logits, batch["mask"], target_weights, dice_weight)
 
 
 def msrfnet_batch_loss(outputs, batch: dict[str, jax.Array], target_weights: Sequence[float] | None,

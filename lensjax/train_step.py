@@ -11,6 +11,7 @@ buffers. Networks follow the convention of `lensjax.models`: `input_keys` names 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -53,13 +54,16 @@ def make_optimizer(optim: cfg.OptimConfig, num_steps: int) -> optax.GradientTran
 
 def make_loss_fn(config: cfg.Config, name: str | None = None) -> LossFn:
   """(outputs, batch) -> (loss, terms) for network `name` (default: the config's model), as its registry entry
-  says: IS-Net and its ground-truth encoder, deep supervision over the side outputs; MSRF-Net, its four-output
+  says: IS-Net and its ground-truth encoder, deep supervision over the side outputs (with
+  `train.isnet_dice_weight` x (1 - soft Dice) added to each side's BCE); MSRF-Net, its four-output
   loss against the masks and their Canny edges (`batch['mask_edge']`), weighted by `train.msrf_output_weights`, or
   with `train.msrfnet_targets='input'` against its own input (`losses.input_as_targets`, the original's mistake)."""
   network = registry.network(name or config.model.name)
   target_weights = config.train.target_weights or None
   output_weights = config.train.msrf_output_weights if network.output_weights else None
   loss = network.loss
+  if network.loss is losses.isnet_batch_loss:
+    loss = functools.partial(loss, dice_weight=config.train.isnet_dice_weight)
   targets_are_input = network.name == "msrfnet" and config.train.msrfnet_targets == "input"
   num_targets = len(config.data.targets)
 

@@ -92,6 +92,8 @@ def test_values_out_of_range_are_refused_when_the_config_is_loaded(arg, message)
 def test_cross_field_rules_name_both_fields():
   with pytest.raises(cfg.ConfigError, match="feature_sync=true applies to IS-Net only"):
     cfg.load("msrfnet_sim", ["--config.train.feature_sync=true"])
+  with pytest.raises(cfg.ConfigError, match="isnet_dice_weight=1.0 applies to IS-Net only"):
+    cfg.load("msrfnet_sim", ["--config.train.isnet_dice_weight=1"])
   with pytest.raises(cfg.ConfigError, match="depth=4: expected one of 6 for model.name='msrfnet'"):
     cfg.load("default", ["--config.model.name=msrfnet"])
   with pytest.raises(cfg.ConfigError, match="refine_channels=8: the refinement head is IS-Net's; leave it 0 for "

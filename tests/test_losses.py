@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lensjax import losses, registry
+from lensjax import config as cfg
+from lensjax import losses, registry, train_step
 
 # Two pixels: logit 0 with target 1, logit ln 3 with target 0.
 LOGITS = jnp.array([0.0, math.log(3.0)]).reshape(1, 1, 2, 1)
@@ -40,6 +41,20 @@ def test_isnet_loss_sums_the_side_outputs_and_reports_d1():
   assert float(terms["loss/d1"]) == pytest.approx(BCE, rel=1e-6)
   assert float(terms["loss/d2"]) == pytest.approx(second, rel=1e-6)
   assert float(total) == pytest.approx(BCE + second, rel=1e-6)
+
+
+def test_isnet_dice_weight_adds_weighted_soft_dice_to_every_side():
+  far_off = jnp.full_like(LOGITS, -2.0)
+  p = 1 / (1 + math.exp(2.0))                        # sigmoid(-2) on both pixels, target 1 on the first
+  far_dice = (2 * p + 1) / (1 + 2 * p + 1)
+  plain, plain_terms = losses.isnet_loss([LOGITS, far_off], TARGET)
+  total, terms = losses.isnet_loss([LOGITS, far_off], TARGET, dice_weight=0.5)
+  assert float(terms["loss/d1"]) == pytest.approx(BCE + 0.5 * (1 - DICE), rel=1e-6)
+  assert float(terms["loss/d2"]) == pytest.approx(float(plain_terms["loss/d2"]) + 0.5 * (1 - far_dice), rel=1e-6)
+  assert float(total) == pytest.approx(float(plain) + 0.5 * (2 - DICE - far_dice), rel=1e-6)
+  config = cfg.load("default", ["--config.data.targets=lens", "--config.train.isnet_dice_weight=0.5"])
+  step_total, _ = train_step.make_loss_fn(config)(([LOGITS, far_off], []), {"mask": TARGET})
+  assert float(step_total) == pytest.approx(float(total), rel=1e-6)
 
 
 def test_feature_sync_is_the_sum_of_level_mses():
