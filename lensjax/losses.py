@@ -6,8 +6,9 @@ targets, so with K = 1 every loss equals the original single-target one.
 
 IS-Net (docs/networks.md): the sum of BCE over the six side outputs, all weights 1; d1's BCE is logged apart
 because it is the term that says whether the model learns. `train.isnet_dice_weight` > 0 adds that weight times
-(1 - soft Dice) to each side's term (not the original's loss: an option, docs/results.md). With intermediate supervision, the MSE between the
-network's decoder features and those of a frozen ground-truth encoder is added (DIS "feature synchronisation").
+(1 - soft Dice) to each side's term (not the original's loss: an option, docs/results.md). With intermediate
+supervision, the MSE between the network's decoder features and those of a frozen ground-truth encoder is added
+(DIS "feature synchronisation").
 
 MSRF-Net (docs/networks.md): 2·(BCE + Dice)(x) + BCE(edge_out, Canny of the mask) + (BCE + Dice)(pred4) +
 (BCE + Dice)(pred2), with the real masks as targets (the original trained its lens models on the input by mistake).
