@@ -585,10 +585,11 @@ class Config:
     if self.train.msrfnet_targets != "masks" and self.model.name != "msrfnet":
       raise ConfigError(f"config.train.msrfnet_targets={self.train.msrfnet_targets!r} applies to MSRF-Net only, "
                         f"not model.name={self.model.name!r}; leave it at 'masks'")
-    if self.train.isnet_dice_weight and registry.network(self.model.name).gt_encoder is None:
+    is_isnet = registry.network(self.model.name).gt_encoder is not None
+    if self.train.isnet_dice_weight and not is_isnet:
       raise ConfigError(f"config.train.isnet_dice_weight={self.train.isnet_dice_weight} applies to IS-Net only, "
                         f"not model.name={self.model.name!r} (MSRF-Net's loss has its Dice already); leave it at 0")
-    if self.train.feature_sync and registry.network(self.model.name).gt_encoder is None:
+    if self.train.feature_sync and not is_isnet:
       raise ConfigError(f"config.train.feature_sync=true applies to IS-Net only, not "
                         f"model.name={self.model.name!r}")
     _, _, target = self.checkpoint.best_metric.partition("/")

@@ -21,6 +21,7 @@ registry's default (`lensjax.registry`, config `train.msrf_output_weights`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -74,11 +75,8 @@ def isnet_loss(side_logits: Sequence[jax.Array], mask: jax.Array, target_weights
   `side_logits` are the D side outputs (B, H, W, K), d1 first; `mask` is (B, H, W, K). The terms hold `loss/d1` ...
   `loss/dD` (each side's term).
   """
-  if dice_weight:
-    terms = {f"loss/d{i + 1}": bce_dice(logits, mask, target_weights, dice_weight)
-             for i, logits in enumerate(side_logits)}
-  else:
-    terms = {f"loss/d{i + 1}": bce(logits, mask, target_weights) for i, logits in enumerate(side_logits)}
+  side_loss = functools.partial(bce_dice, dice_weight=dice_weight) if dice_weight else bce
+  terms = {f"loss/d{i + 1}": side_loss(logits, mask, target_weights) for i, logits in enumerate(side_logits)}
   return sum(terms.values()), terms
 
 
